@@ -1,0 +1,3 @@
+from gemma4_kernels.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""Every patch, listed once, in application order (a patch comes after what it requires)."""
+
+from __future__ import annotations
+
+from sglang_patches import (
+    dense_chunk_mem,
+    mm_lm_only,
+    prefill_graph_gate,
+    swa_ratio_moe,
+    text_only_default,
+)
+from sglang_patches.base import Patch
+
+PATCHES: list[Patch] = [
+    swa_ratio_moe.PATCH,
+    dense_chunk_mem.PATCH,
+    prefill_graph_gate.PATCH,
+    mm_lm_only.PATCH,
+    text_only_default.PATCH,
+]
+
+BY_NAME: dict[str, Patch] = {patch.name: patch for patch in PATCHES}

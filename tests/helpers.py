@@ -1,0 +1,69 @@
+"""Helpers shared by tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+GIB = 1024  # SGLang's get_device_memory_capacity reports MiB
+
+
+def resolve(model_dir: Path, **server_args: Any):
+    """Resolve real SGLang ServerArgs for ``model_dir`` as a CUDA server would.
+
+    Returns ``(server_args, view)`` where ``view`` reads the resolved values.
+    """
+    from sglang.srt.arg_groups.overrides import resolving_view
+    from sglang.srt.server_args import ServerArgs
+
+    args = ServerArgs(model_path=str(model_dir), device="cuda", **server_args)
+    args.resolve_once()
+    return args, resolving_view(args)
+
+
+def snapshot_sglang() -> dict:
+    """Identity snapshot of everything SGLang exposes at module level.
+
+    For every loaded ``sglang.*`` module: each global (by identity), the ``__dict__``
+    of each class it defines, and one level into module-level dicts and lists (the
+    registries patches append to). Compare two snapshots with ``diff_snapshots``.
+    """
+    import sys
+    import types
+
+    snap: dict = {}
+    for mod_name, module in list(sys.modules.items()):
+        if not (mod_name == "sglang" or mod_name.startswith("sglang.")):
+            continue
+        if not isinstance(module, types.ModuleType):
+            continue
+        for attr, value in list(vars(module).items()):
+            snap[(mod_name, attr)] = value
+            if isinstance(value, type) and value.__module__ == mod_name:
+                for cattr, cvalue in list(value.__dict__.items()):
+                    snap[(mod_name, attr, cattr)] = cvalue
+            elif isinstance(value, list):
+                snap[(mod_name, attr, "[]")] = tuple(value)
+            elif isinstance(value, dict):
+                snap[(mod_name, attr, "{}")] = tuple(value.items())
+                for key, item in list(value.items()):
+                    if isinstance(item, list):
+                        snap[(mod_name, attr, "{}", key)] = tuple(item)
+    return snap
+
+
+def diff_snapshots(before: dict, after: dict) -> list:
+    """Keys whose object is not the same (``is``) in both, restricted to ``before``'s keys,
+    plus keys that appeared in modules that existed before."""
+
+    def same(a, b) -> bool:
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return a is b
+
+    changed = [
+        key for key, value in before.items() if key not in after or not same(value, after[key])
+    ]
+    modules = {key[0] for key in before}
+    added = [key for key in after if key not in before and key[0] in modules and len(key) > 2]
+    return changed + added
