@@ -64,6 +64,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    # Without a GPU the model section runs Triton kernels in the interpreter, which
+    # must be chosen before triton is first imported.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     from gemma4_kernels.demo import run_demo
 
     return run_demo(args)

@@ -53,8 +53,9 @@ def _patches() -> list[Patch]:
     return PATCHES
 
 
-def _record(patch: Patch) -> _Record:
-    return _records.setdefault(patch.name, _Record())
+def _record(patch: Patch | str) -> _Record:
+    name = patch if isinstance(patch, str) else patch.name
+    return _records.setdefault(name, _Record())
 
 
 def _set(patch: Patch, state: State, reason: str, level: int) -> None:
@@ -100,9 +101,9 @@ def install(*, strict: bool | None = None) -> list[dict]:
                 rec.state, rec.reason = State.SKIPPED, gate  # the gate logged one line
                 problems.append(f"{patch.name}: {gate}")
                 continue
-            missing = [r for r in patch.requires if _record_by_name(r).state != State.APPLIED]
+            missing = [r for r in patch.requires if _record(r).state != State.APPLIED]
             if missing:
-                detail = ", ".join(f"{r} is {_record_by_name(r).state}" for r in missing)
+                detail = ", ".join(f"{r} is {_record(r).state}" for r in missing)
                 _set(patch, State.SKIPPED, f"requires {detail}", logging.WARNING)
                 problems.append(f"{patch.name}: requires {detail}")
                 continue
@@ -144,10 +145,6 @@ def install(*, strict: bool | None = None) -> list[dict]:
 def patch_switch_decision(settings: Settings, patch: Patch) -> tuple[bool, str]:
     switch_var = patch.switch.var if patch.switch is not None else None
     return settings.decide(patch.name, patch.default_on, switch_var)
-
-
-def _record_by_name(name: str) -> _Record:
-    return _records.setdefault(name, _Record())
 
 
 def _fail(patch: Patch, phase: str, exc: BaseException) -> None:

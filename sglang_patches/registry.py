@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from sglang_patches import (
+    cpu_router_scale,
     dense_chunk_mem,
     mm_lm_only,
     prefill_graph_gate,
     swa_ratio_moe,
     text_only_default,
+    triton_swa_decode_window,
 )
 from sglang_patches.base import Patch
 
@@ -17,6 +19,6 @@ PATCHES: list[Patch] = [
     prefill_graph_gate.PATCH,
     mm_lm_only.PATCH,
     text_only_default.PATCH,
+    triton_swa_decode_window.PATCH,
+    cpu_router_scale.PATCH,
 ]
-
-BY_NAME: dict[str, Patch] = {patch.name: patch for patch in PATCHES}

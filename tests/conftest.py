@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.helpers import GIB
+
+# Without a GPU, Triton kernels run in the interpreter. It must be chosen before triton
+# is imported; scripts/test.sh sets it too, this makes a bare `pytest` behave the same.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Resolution reads these; a developer's shell must not change test outcomes.
 for _var in (
@@ -87,6 +93,18 @@ def cuda_prefill_graph_default(monkeypatch):
     monkeypatch.setattr(
         cuda_graph_config, "default_prefill_backend", lambda: cuda_graph_config.Backend.BREAKABLE
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory):
+    """Tiny checkpoints + HF oracles, built once per test session (harness.session)."""
+    from gemma4_kernels.harness.cpu_shims import interpreter_active
+
+    if not interpreter_active():
+        pytest.skip("SGLang's CPU forward needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")
+    from gemma4_kernels.harness.session import TinyFamilies
+
+    return TinyFamilies(tmp_path_factory.mktemp("families"))
 
 
 @pytest.fixture

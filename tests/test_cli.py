@@ -103,3 +103,15 @@ def test_demo_shows_each_tune(demo_output):
     assert _row(demo_output, "31B-like", "mem_fraction_static")[1] == "0.88"
     assert _row(demo_output, "E2B-like", "vision/audio towers")[:2] == ["loaded", "skipped"]
     assert _row(demo_output, "31B-like", "prefill CUDA graph")[1] == "disabled"
+
+
+def test_demo_model_section_shows_stock_defects_and_patched_parity(demo_output):
+    section = demo_output.split("\nmodel: ", 1)[1]
+    lines = [ln for ln in section.splitlines() if "-like" in ln]
+    assert len(lines) == 6, section
+    for line in lines:
+        fields = line.split()
+        if " patched " in line:
+            assert fields[-4:-2] == ["yes", "ok"], line
+        else:
+            assert " stock " in line and fields[-3] == "FAIL", line  # each shows a defect

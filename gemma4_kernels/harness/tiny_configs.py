@@ -22,29 +22,41 @@ FAMILIES = ("moe", "dense", "e2b")
 MM_ARCH = "Gemma4ForConditionalGeneration"
 TEXT_ARCH = "Gemma4ForCausalLM"
 
-_LAYER_TYPES = (
-    ["sliding_attention"] * 2 + ["full_attention"] + ["sliding_attention"] * 2 + ["full_attention"]
-)
+_SLIDING, _FULL = "sliding_attention", "full_attention"
+
+# Layer patterns: SWA and full layers both present, the last layer full (HF forces it).
+_LAYER_TYPES = {
+    "moe": [_SLIDING, _FULL, _SLIDING, _FULL],
+    "dense": [_SLIDING, _SLIDING, _SLIDING, _FULL],
+    # Two KV-shared layers at the end (E2B: the last 20 of 35), one of each type.
+    "e2b": [_SLIDING, _SLIDING, _FULL, _SLIDING, _SLIDING, _FULL],
+}
+
+# A large init range and (see harness.reference) perturbed norm weights make small
+# numeric differences between SGLang and HF visible instead of averaging out.
+INIT_RANGE = 0.2
 
 
 def text_config_kwargs(family: str) -> dict[str, Any]:
     """Keyword arguments for ``transformers.Gemma4TextConfig`` of one tiny family."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    layer_types = list(_LAYER_TYPES[family])
     kwargs: dict[str, Any] = dict(
         vocab_size=512,
         hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=len(_LAYER_TYPES),
-        layer_types=list(_LAYER_TYPES),
+        intermediate_size=128,
+        num_hidden_layers=len(layer_types),
+        layer_types=layer_types,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=32,
         global_head_dim=64,
         sliding_window=8,
-        max_position_embeddings=4096,
+        max_position_embeddings=256,
         final_logit_softcapping=30.0,
         rms_norm_eps=1e-6,
+        initializer_range=INIT_RANGE,
         tie_word_embeddings=True,
         hidden_size_per_layer_input=0,
         vocab_size_per_layer_input=512,
@@ -78,6 +90,7 @@ def vision_config_kwargs() -> dict[str, Any]:
         patch_size=4,
         pooling_kernel_size=2,
         position_embedding_size=64,
+        initializer_range=INIT_RANGE,
     )
 
 
@@ -95,6 +108,7 @@ def hf_config(family: str, arch: str = MM_ARCH, *, vision: bool = True) -> Any:
     config = Gemma4Config(
         text_config=text_config_kwargs(family),
         vision_config=vision_config_kwargs() if vision else None,
+        initializer_range=INIT_RANGE,
     )
     config.architectures = [arch]
     return config
