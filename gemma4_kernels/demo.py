@@ -155,9 +155,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     import torch
 
-    from gemma4_kernels.harness.cpu_shims import interpreter_active
     from gemma4_kernels.harness.parity import DEFAULT_PROMPTS, PARITY_ATOL
     from gemma4_kernels.harness.session import DECODE_STEPS
+    from gemma4_kernels.ops._common import interpreter_active
 
     if not torch.cuda.is_available() and not interpreter_active():
         print(

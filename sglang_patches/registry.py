@@ -6,6 +6,8 @@ from sglang_patches import (
     cpu_router_scale,
     dense_chunk_mem,
     mm_lm_only,
+    moe_gelu_tanh,
+    moe_routing,
     prefill_graph_gate,
     swa_ratio_moe,
     text_only_default,
@@ -21,4 +23,6 @@ PATCHES: list[Patch] = [
     text_only_default.PATCH,
     triton_swa_decode_window.PATCH,
     cpu_router_scale.PATCH,
+    moe_routing.PATCH,
+    moe_gelu_tanh.PATCH,
 ]

@@ -98,7 +98,7 @@ def cuda_prefill_graph_default(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_families(tmp_path_factory):
     """Tiny checkpoints + HF oracles, built once per test session (harness.session)."""
-    from gemma4_kernels.harness.cpu_shims import interpreter_active
+    from gemma4_kernels.ops._common import interpreter_active
 
     if not interpreter_active():
         pytest.skip("SGLang's CPU forward needs TRITON_INTERPRET=1 (scripts/test.sh sets it)")

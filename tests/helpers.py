@@ -67,3 +67,27 @@ def diff_snapshots(before: dict, after: dict) -> list:
     modules = {key[0] for key in before}
     added = [key for key in after if key not in before and key[0] in modules and len(key) > 2]
     return changed + added
+
+
+def assert_close(name: str, actual, expected, *, rtol: float, atol: float) -> None:
+    """``torch.testing.assert_close`` (NaN == NaN) with a report: max error, error ratio,
+    NaN mismatches and the first offending indices."""
+    import torch
+
+    actual, expected = actual.float(), expected.float()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
+    diff = (actual - expected).abs().nan_to_num(0.0)
+    bad = (diff > atol + rtol * expected.abs().nan_to_num(0.0)) | (nan_a != nan_e)
+    bad &= ~(nan_a & nan_e)
+    if bad.any():
+        first = bad.nonzero()[:5].tolist()
+        got = [actual[tuple(i)].item() for i in first]
+        want = [expected[tuple(i)].item() for i in first]
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} elements differ "
+            f"(max |diff| {diff.max().item():.3e}, rtol {rtol}, atol {atol}, "
+            f"NaN mismatches {int((nan_a != nan_e).sum())}); first at {first}: "
+            f"{got} vs {want}"
+        )

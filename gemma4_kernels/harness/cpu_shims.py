@@ -16,10 +16,11 @@ Used by the CPU harness (tests and the demo) only; never installed by the patche
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 from collections.abc import Callable
+
+from gemma4_kernels.ops._common import interpreter_active
 
 _applied = False
 
@@ -74,10 +75,6 @@ def _libdevice_shims() -> None:
     }
     for name, fn in functions.items():
         setattr(libdevice, name, _unary(fn))
-
-
-def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def apply_cpu_shims() -> None:

@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from gemma4_kernels.harness.op_counter import OUTSIDE, count_ops
+from gemma4_kernels.ops._common import interpreter_active
 
 
 @torch.library.custom_op("g4counter_test::double", mutates_args=())
@@ -42,8 +43,7 @@ class Layer(torch.nn.Module):
 
 
 @pytest.mark.skipif(
-    not __import__("gemma4_kernels.harness.cpu_shims", fromlist=["x"]).interpreter_active()
-    and not torch.cuda.is_available(),
+    not interpreter_active() and not torch.cuda.is_available(),
     reason="Triton launches need a GPU or TRITON_INTERPRET=1",
 )
 def test_counts_are_attributed_per_layer():

@@ -1,0 +1,97 @@
+"""Static metrics of the real compiled code, without a GPU.
+
+``triton.compile`` builds PTX and a cubin for a CUDA target on any machine; the
+``ptxas`` and ``cuobjdump`` that ship inside the triton wheel then report registers
+per thread, spill bytes, shared memory and the SASS instruction count. Pointer
+arguments are marked 16-byte aligned, as they are on a real launch (without that
+hint loads degrade to scalar ones and the numbers look worse than reality).
+
+These are properties of the code, not timings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class StaticMetrics:
+    kernel: str
+    arch: str
+    num_warps: int
+    registers: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+    shared_bytes: int
+    sass_instructions: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_static(
+    fn: Any,
+    signature: dict[str, str],
+    constexprs: dict[str, Any],
+    *,
+    num_warps: int,
+    num_stages: int = 3,
+    capability: int = 90,
+) -> StaticMetrics:
+    """Compile ``fn`` (a ``@triton.jit`` function) for ``sm_<capability>`` and measure it."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError(
+            "static compilation needs TRITON_INTERPRET unset (the interpreter replaces jit)"
+        )
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pointer_args = [i for i, ty in enumerate(signature.values()) if ty.startswith("*")]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in pointer_args}
+    source = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(
+        source,
+        target=GPUTarget("cuda", capability, 32),
+        options={"num_warps": num_warps, "num_stages": num_stages},
+    )
+    arch = f"sm_{capability}a" if capability == 90 else f"sm_{capability}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        cubin = os.path.join(tmp, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        info = subprocess.run(
+            [_tool("ptxas"), "-v", "--gpu-name", arch, "-o", cubin, ptx],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+        sass = subprocess.run(
+            [_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True
+        ).stdout
+    registers = int(re.search(r"Used (\d+) registers", info).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
+    smem = re.search(r"(\d+) bytes smem", info)
+    instructions = sum(1 for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line))
+    return StaticMetrics(
+        kernel=fn.__name__,
+        arch=arch,
+        num_warps=num_warps,
+        registers=registers,
+        spill_store_bytes=int(spills.group(1)),
+        spill_load_bytes=int(spills.group(2)),
+        shared_bytes=max(int(smem.group(1)) if smem else 0, kernel.metadata.shared),
+        sass_instructions=instructions,
+    )
