@@ -192,6 +192,13 @@ class UndoLog:
         original = _namespace(owner).get(name, _MISSING)
 
         def undo() -> None:
+            current = _namespace(owner).get(name, _MISSING)
+            if current is not value:
+                # Someone (another plugin, SGLang's HookRegistry) rebound it after us:
+                # restoring would silently drop their change. Refuse loudly instead.
+                raise RuntimeError(
+                    f"{_qualname(owner)}.{name} was replaced after gemma4-kernels patched it"
+                )
             if original is _MISSING:
                 delattr(owner, name)
             else:

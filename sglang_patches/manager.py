@@ -166,14 +166,27 @@ def _summary(version: str | None) -> None:
 
 
 def revert() -> None:
-    """Revert every applied patch, last applied first; restores the original objects."""
+    """Revert every applied patch, last applied first; restores the original objects.
+
+    A patch whose target was rebound by someone else after us is not forced back: it
+    is marked failed and a RuntimeError naming it is raised after the others revert.
+    """
+    errors = []
     with _lock:
         for patch in reversed(_patches()):
-            if patch.applied:
+            if not patch.applied:
+                continue
+            try:
                 patch.revert()
-                rec = _record(patch)
-                rec.state, rec.reason = State.PENDING, "reverted"
-                logger.info("gemma4-kernels: %-20s reverted", patch.name)
+            except RuntimeError as exc:
+                _set(patch, State.FAILED, f"revert: {exc}", logging.WARNING)
+                errors.append(f"{patch.name}: {exc}")
+                continue
+            rec = _record(patch)
+            rec.state, rec.reason = State.PENDING, "reverted"
+            logger.info("gemma4-kernels: %-20s reverted", patch.name)
+    if errors:
+        raise RuntimeError("; ".join(errors))
 
 
 def status() -> list[dict]:

@@ -8,6 +8,8 @@ from sglang_patches import (
     mm_lm_only,
     moe_gelu_tanh,
     moe_routing,
+    ple_tail,
+    post_attn_triple_norm,
     prefill_graph_gate,
     swa_ratio_moe,
     text_only_default,
@@ -25,4 +27,6 @@ PATCHES: list[Patch] = [
     cpu_router_scale.PATCH,
     moe_routing.PATCH,
     moe_gelu_tanh.PATCH,
+    post_attn_triple_norm.PATCH,
+    ple_tail.PATCH,
 ]

@@ -121,6 +121,26 @@ def test_install_apply_revert_roundtrip_restores_identity(use_patches):
     assert states() == {"greet": "pending", "box": "pending"}
 
 
+def test_revert_refuses_to_clobber_a_later_rebinding(use_patches):
+    use_patches(GreetPatch())
+    manager.install()
+
+    def someone_elses():
+        return "theirs"
+
+    fake_targets.greet = someone_elses
+    try:
+        with pytest.raises(RuntimeError, match="replaced after gemma4-kernels patched it"):
+            manager.revert()
+        assert fake_targets.greet is someone_elses  # their change survives
+    finally:
+        fake_targets.greet = fake_targets.__dict__.get("greet")
+        import importlib
+
+        importlib.reload(fake_targets)
+        importlib.reload(fake_importer)
+
+
 def test_install_twice_is_install_once(use_patches):
     greet, box = use_patches(GreetPatch(), BoxPatch())
     manager.install()

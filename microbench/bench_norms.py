@@ -1,0 +1,234 @@
+"""Gemma 4 decoder-layer norm fusions: ours vs SGLang's op sequence vs torch eager.
+
+    python -m microbench.bench_norms [--tokens 1,8,64,...] [--hidden 1536,2560,2816,5376]
+
+On a GPU (not run yet in this repository): median µs per call for the MoE post-attention
+block (``triple_rmsnorm`` vs SGLang's four norm modules vs eager) and the PLE tail's
+pointwise part, GB/s from the bytes each must move and % of the device's peak HBM
+bandwidth. Without a GPU: no timings; the launches per layer on CUDA (a model read from
+the code, labelled) and static sm_90a metrics of our compiled kernels at each hidden
+size (registers, spills, shared memory, SASS instructions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from microbench.common import write_csv
+
+DEFAULT_TOKENS = [1, 8, 64, 256, 1024, 4096, 8192]
+HIDDEN = {"E2B": 1536, "E4B": 2560, "26B-A4B": 2816, "31B": 5376}
+PEAK_TBPS = {"H100": 3.35, "H200": 4.8, "B200": 8.0}
+
+# CUDA launches per decoder layer for each block, read from SGLang 0.5.23's code
+# (targets map §2, §3) and from our patches: a model, not a measurement.
+LAUNCH_MODEL = [
+    {
+        "block": "MoE post-attention norms (26B-A4B)",
+        "stock": 4,
+        "patched": 1,
+        "ops": "post_attn norm, add+pre_ff norm, router norm, pre_ff_2 norm -> triple_rmsnorm",
+    },
+    {
+        "block": "PLE tail pointwise (E2B/E4B)",
+        "stock": 7,
+        "patched": 3,
+        "ops": "norm, add, gelu, mul, norm, add, scale -> rmsnorm_add, gelu_tanh_mul, "
+        "rmsnorm_residual_scalar (2 GEMMs unchanged)",
+    },
+]
+
+
+def _peak(device: str) -> float | None:
+    return next((v for k, v in PEAK_TBPS.items() if k in device), None)
+
+
+def gpu_rows(tokens: list[int], hidden_sizes: list[int]) -> list[dict]:
+    import triton.testing
+    from sglang.srt.layers.layernorm import RMSNorm
+
+    from gemma4_kernels.ops.norms import triple_rmsnorm, triple_rmsnorm_ref
+
+    device = torch.cuda.get_device_name()
+    peak = _peak(device)
+    rows = []
+    for hidden in hidden_sizes:
+        norms = [RMSNorm(hidden).cuda().to(torch.bfloat16) for _ in range(4)]
+        weights = [n.weight.data for n in norms]
+        for t in tokens:
+            a = torch.randn(t, hidden, device="cuda", dtype=torch.bfloat16)
+            r = torch.randn_like(a)
+
+            def stock(a=a, r=r, norms=norms):
+                h = norms[0](a)
+                pre, res = norms[1](h, r.clone())
+                return res, pre, norms[2](res), norms[3](res)
+
+            impls = {
+                "ours": lambda a=a, r=r, w=weights: triple_rmsnorm(a, r, *w),
+                "sglang_sequence": stock,
+                "eager_reference": lambda a=a, r=r, w=weights: triple_rmsnorm_ref(a, r, *w, 1e-6),
+            }
+            # Bytes the fused block must move: read a, r; write four outputs (bf16).
+            moved = 6 * t * hidden * 2
+            base = None
+            for name, fn in impls.items():
+                bench = triton.testing.do_bench_cudagraph if t <= 256 else triton.testing.do_bench
+                p50, p20, p80 = bench(fn, quantiles=[0.5, 0.2, 0.8])
+                base = base or p50
+                gbps = moved / (p50 * 1e-3) / 1e9
+                rows.append(
+                    {
+                        "shape": f"H={hidden} triple T={t}",
+                        "impl": name,
+                        "median_us": round(p50 * 1e3, 2),
+                        "p20_us": round(p20 * 1e3, 2),
+                        "p80_us": round(p80 * 1e3, 2),
+                        "GB/s": round(gbps, 1),
+                        "pct_peak_hbm": round(100 * gbps / (peak * 1e3), 1) if peak else "",
+                        "speedup_vs_ours": round(p50 / base, 3),
+                    }
+                )
+    return rows
+
+
+def static_rows(hidden_sizes: list[int]) -> list[dict]:
+    from gemma4_kernels.ops._common import row_block
+    from gemma4_kernels.ops.gelu_tanh_mul import _gelu_tanh_mul_kernel
+    from gemma4_kernels.ops.norms import (
+        _rmsnorm_add_kernel,
+        _rmsnorm_pair_kernel,
+        _triple_rmsnorm_kernel,
+    )
+    from microbench.static_metrics import compile_static
+
+    bf16 = "*bf16"
+    triple = {
+        name: bf16
+        for name in (
+            "a_ptr",
+            "r_ptr",
+            "w_post_ptr",
+            "w_pre_ptr",
+            "w_pre2_ptr",
+            "router_scale_ptr",
+            "res_out_ptr",
+            "pre_out_ptr",
+            "router_out_ptr",
+            "pre2_out_ptr",
+        )
+    }
+    triple.update(
+        H="i32",
+        stride_at="i32",
+        stride_ah="i32",
+        stride_rt="i32",
+        stride_rh="i32",
+        eps="fp32",
+        BLOCK="constexpr",
+    )
+    add = dict(
+        x_ptr=bf16,
+        w_ptr=bf16,
+        r_ptr=bf16,
+        scalar_ptr=bf16,
+        out_ptr=bf16,
+        H="i32",
+        stride_xt="i32",
+        stride_xh="i32",
+        stride_rt="i32",
+        stride_rh="i32",
+        eps="fp32",
+        HAS_SCALAR="constexpr",
+        BLOCK="constexpr",
+    )
+    pair = dict(
+        x_ptr=bf16,
+        wa_ptr=bf16,
+        wb_ptr=bf16,
+        a_out_ptr=bf16,
+        b_out_ptr=bf16,
+        H="i32",
+        stride_xt="i32",
+        stride_xh="i32",
+        eps="fp32",
+        BLOCK="constexpr",
+    )
+    gelu = dict(
+        gate_ptr=bf16,
+        up_ptr=bf16,
+        out_ptr=bf16,
+        N="i32",
+        stride_gt="i32",
+        stride_gn="i32",
+        stride_ut="i32",
+        stride_un="i32",
+        COEF="constexpr",
+        BLOCK="constexpr",
+    )
+    rows = []
+    for hidden in hidden_sizes:
+        block, warps = row_block(hidden)
+        unit = {"stride_ah": 1, "stride_rh": 1}
+        cases = [
+            (_triple_rmsnorm_kernel, triple, {"BLOCK": block, **unit}, warps),
+            (
+                _rmsnorm_add_kernel,
+                add,
+                {"BLOCK": block, "HAS_SCALAR": True, "stride_xh": 1, "stride_rh": 1},
+                warps,
+            ),
+            (_rmsnorm_pair_kernel, pair, {"BLOCK": block, "stride_xh": 1}, warps),
+        ]
+        for fn, sig, const, nw in cases:
+            metrics = compile_static(fn, sig, const, num_warps=nw)
+            rows.append({"shape": f"H={hidden}", "impl": "ours", **metrics.as_dict()})
+    metrics = compile_static(
+        _gelu_tanh_mul_kernel,
+        gelu,
+        {"COEF": 1.5957691216057308, "BLOCK": 256, "stride_gn": 1, "stride_un": 1},
+        num_warps=4,
+    )
+    rows.append({"shape": "PLE gate N=256", "impl": "ours", **metrics.as_dict()})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)))
+    parser.add_argument("--hidden", default=",".join(str(h) for h in HIDDEN.values()))
+    parser.add_argument("--csv", default=None)
+    args = parser.parse_args(argv)
+    tokens = [int(t) for t in args.tokens.split(",") if t]
+    hidden_sizes = [int(h) for h in args.hidden.split(",") if h]
+    if torch.cuda.is_available():
+        rows, kind = gpu_rows(tokens, hidden_sizes), "GPU timings"
+    else:
+        print("no GPU: no timings. Reporting a launch model of the CUDA path and static metrics.")
+        rows = [
+            {
+                "shape": m["block"],
+                "impl": "model",
+                "cuda_launches_stock": m["stock"],
+                "cuda_launches_patched": m["patched"],
+                "ops": m["ops"],
+            }
+            for m in LAUNCH_MODEL
+        ]
+        rows += static_rows(hidden_sizes)
+        kind = "launch model + static sm_90a metrics (no timings)"
+    path = write_csv(rows, "norms", args.csv)
+    from gemma4_kernels.cli import format_table
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    print(f"\n{kind}:\n")
+    print(format_table(rows, columns))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
