@@ -5,12 +5,14 @@ from __future__ import annotations
 from sglang_patches import (
     cpu_router_scale,
     dense_chunk_mem,
+    k_eq_v_skip_v,
     mm_lm_only,
     moe_gelu_tanh,
     moe_routing,
     ple_tail,
     post_attn_triple_norm,
     prefill_graph_gate,
+    router_fp32,
     swa_ratio_moe,
     text_only_default,
     triton_swa_decode_window,
@@ -29,4 +31,6 @@ PATCHES: list[Patch] = [
     moe_gelu_tanh.PATCH,
     post_attn_triple_norm.PATCH,
     ple_tail.PATCH,
+    router_fp32.PATCH,
+    k_eq_v_skip_v.PATCH,
 ]
