@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from microbench.common import write_csv
+from microbench.common import report
 
 DEFAULT_TOKENS = [1, 8, 64, 256, 1024, 4096, 8192]
 HIDDEN = {"E2B": 1536, "E4B": 2560, "26B-A4B": 2816, "31B": 5376}
@@ -220,13 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rows += static_rows(hidden_sizes)
         kind = "launch model + static sm_90a metrics (no timings)"
-    path = write_csv(rows, "norms", args.csv)
-    from gemma4_kernels.cli import format_table
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    print(f"\n{kind}:\n")
-    print(format_table(rows, columns))
-    print(f"\nwrote {path}")
+    report(rows, "norms", kind, args.csv)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from microbench.common import write_csv
+from microbench.common import report
 
 DEFAULT_TOKENS = [2**i for i in range(14)]  # 1 .. 8192
 EXPERTS, TOP_K = 128, 8
@@ -164,13 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rows += static_rows()
         kind = "launch model + static sm_90a metrics (no timings)"
-    path = write_csv(rows, "routing", args.csv)
-    from gemma4_kernels.cli import format_table
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    print(f"\n{kind}:\n")
-    print(format_table(rows, columns))
-    print(f"\nwrote {path}")
+    report(rows, "routing", kind, args.csv)
     return 0
 
 

@@ -60,3 +60,15 @@ def write_csv(rows: list[dict[str, Any]], name: str, path: str | Path | None = N
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def report(rows: list[dict[str, Any]], name: str, kind: str, path: str | Path | None) -> Path:
+    """Write the CSV and print the rows as a table under a line saying what they are."""
+    from gemma4_kernels.cli import format_table
+
+    written = write_csv(rows, name, path)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    print(f"\n{kind}:\n")
+    print(format_table(rows, columns))
+    print(f"\nwrote {written}")
+    return written

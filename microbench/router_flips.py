@@ -20,7 +20,7 @@ import types
 
 import torch
 
-from microbench.common import write_csv
+from microbench.common import report
 
 SIZES = {"26B-A4B (H=2816, E=128, K=8)": (2816, 128, 8), "tiny MoE (H=64, E=8, K=2)": (64, 8, 2)}
 
@@ -101,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", default=None)
     args = parser.parse_args(argv)
     rows = [{"shape": name, **measure(*size, args.tokens)} for name, size in SIZES.items()]
-    path = write_csv(rows, "router-flips", args.csv)
-    from gemma4_kernels.cli import format_table
-
-    print(format_table(rows, list(rows[0])))
-    print(f"\nwrote {path}")
+    report(
+        rows,
+        "router-flips",
+        "expert-set flips vs the fp32 HF router (quality, not timing)",
+        args.csv,
+    )
     return 0
 
 

@@ -44,6 +44,12 @@ from gemma4_kernels.ops._common import (
 
 
 @triton.jit
+def _inv_rms(x, H, eps):
+    """1 / sqrt(mean(x^2) + eps) over one row held in registers (masked lanes are 0)."""
+    return 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
+
+
+@triton.jit
 def _rmsnorm_add_kernel(
     x_ptr,
     w_ptr,
@@ -65,8 +71,7 @@ def _rmsnorm_add_kernel(
     x = tl.load(x_ptr + row * stride_xt + offs * stride_xh, mask=mask, other=0.0).to(tl.float32)
     r = tl.load(r_ptr + row * stride_rt + offs * stride_rh, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
-    y = x * rstd * w + r
+    y = x * _inv_rms(x, H, eps) * w + r
     if HAS_SCALAR:
         y = y * tl.load(scalar_ptr).to(tl.float32)
     tl.store(out_ptr + row * H + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
@@ -99,10 +104,8 @@ def _triple_rmsnorm_kernel(
     r = tl.load(r_ptr + row * stride_rt + offs * stride_rh, mask=mask, other=0.0).to(tl.float32)
     w_post = tl.load(w_post_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
-    rstd_a = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / H + eps)
-    h = a * rstd_a * w_post + r  # masked lanes stay 0
-    rstd_h = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / H + eps)
-    normed = h * rstd_h
+    h = a * _inv_rms(a, H, eps) * w_post + r  # masked lanes stay 0
+    normed = h * _inv_rms(h, H, eps)
 
     w_pre = tl.load(w_pre_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     w_pre2 = tl.load(w_pre2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -132,7 +135,7 @@ def _rmsnorm_pair_kernel(
     offs = tl.arange(0, BLOCK)
     mask = offs < H
     x = tl.load(x_ptr + row * stride_xt + offs * stride_xh, mask=mask, other=0.0).to(tl.float32)
-    normed = x / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
+    normed = x * _inv_rms(x, H, eps)
     wa = tl.load(wa_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     wb = tl.load(wb_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dtype = a_out_ptr.dtype.element_ty

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU mode of the benchmark")
-def test_cpu_mode_reports_model_and_static_metrics(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "routing.csv"
-    proc = subprocess.run(
-        [sys.executable, "-m", "microbench.bench_routing", "--csv", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "no GPU: no timings" in proc.stdout
-    rows = list(csv.DictReader(out.open()))
+def test_cpu_mode_reports_model_and_static_metrics(run_bench):
+    stdout, rows = run_bench("bench_routing")
+    assert "no GPU: no timings" in stdout
     assert {row["device"] for row in rows} == {"cpu-no-gpu"}
     assert not any(row.get("median_us") for row in rows), "no timings without a GPU"
     static = {(row["shape"], row["impl"]): row for row in rows if row.get("registers")}
