@@ -1,4 +1,4 @@
-"""``gemma4-kernels`` / ``python -m gemma4_kernels``: doctor, status, demo."""
+"""``gemma4-kernels`` / ``python -m gemma4_kernels``: doctor, status, demo, serve."""
 
 from __future__ import annotations
 
@@ -91,11 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     demo = sub.add_parser("demo", help="doctor, then stock vs patched on tiny Gemma 4 models")
     demo.set_defaults(func=cmd_demo)
+    # serve's own options and every SGLang argument are parsed by gemma4_kernels.serve.
+    serve = sub.add_parser(
+        "serve",
+        add_help=False,
+        help="launch SGLang's server with the plugin and the model's preset (--help for more)",
+    )
+    serve.set_defaults(func=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        from gemma4_kernels.serve import main as serve_main
+
+        # Everything after "serve", in order, untouched (SGLang's parser sees it as typed).
+        return serve_main(argv[argv.index("serve") + 1 :])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -30,3 +30,8 @@ def is_moe(hf_config: Any) -> bool:
     return bool(getattr(text, "enable_moe_block", False)) or (
         (getattr(text, "num_experts", None) or 0) > 0
     )
+
+
+def has_ple(hf_config: Any) -> bool:
+    """Per-layer embeddings (E2B/E4B): ``hidden_size_per_layer_input`` > 0."""
+    return (getattr(text_config_of(hf_config), "hidden_size_per_layer_input", None) or 0) > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sglang_patches import (
+    allreduce_rmsnorm,
     cpu_router_scale,
     dense_chunk_mem,
     k_eq_v_skip_v,
@@ -33,4 +34,5 @@ PATCHES: list[Patch] = [
     ple_tail.PATCH,
     router_fp32.PATCH,
     k_eq_v_skip_v.PATCH,
+    allreduce_rmsnorm.PATCH,
 ]
