@@ -196,6 +196,7 @@ class AllreduceRmsnorm(Patch):
         return normed
 
     def _apply(self, undo: UndoLog) -> None:
+        import torch
         from sglang.srt.layers.layer_boundary import boundary
         from sglang.srt.layers.layer_boundary.boundary import _TransformedRead
         from sglang.srt.layers.layer_boundary.layout import SumGroup
@@ -218,6 +219,8 @@ class AllreduceRmsnorm(Patch):
                 type(read) is _TransformedRead
                 and kwargs.get("group") is SumGroup.ATTN_TP
                 and not kwargs.get("gathers_residual")
+                # other models' transforms may be any callable (maybe unhashable)
+                and isinstance(read.transform.apply, torch.nn.Module)
                 and read.transform.apply in patch._sites
             ):
                 normed = patch.fused_post_attn_norm(hidden_states, read.transform.apply)

@@ -223,9 +223,27 @@ def test_success_path_fuses_and_matches_stock(site, monkeypatch, rows):
     torch.testing.assert_close(fused_in, rmsnorm_ref(h, site.pre_ff.weight), rtol=1e-5, atol=1e-5)
 
 
+class UnhashableScale:
+    __hash__ = None
+
+    def __eq__(self, other):
+        return self is other
+
+    def __call__(self, x):
+        return x * 0.5
+
+
 @pytest.mark.parametrize(
     "case",
-    ["declined", "predicate_off", "not_cuda", "not_a_dense_site", "tp1", "fusion_off"],
+    [
+        "declined",
+        "predicate_off",
+        "not_cuda",
+        "not_a_dense_site",
+        "other_models_transform",
+        "tp1",
+        "fusion_off",
+    ],
 )
 def test_every_fallback_is_bit_identical_to_stock(site, monkeypatch, case):
     from sglang.srt.layers.layer_boundary import boundary
@@ -243,6 +261,8 @@ def test_every_fallback_is_bit_identical_to_stock(site, monkeypatch, case):
         monkeypatch.setattr(add_norm, "flashinfer_ar_fusion_applies", lambda n: False)
     elif case == "not_a_dense_site":  # e.g. a MoE layer's post-attention norm
         read = _TransformedRead(site.read.inner, OutputTransform(RMSNorm(H, eps=EPS)))
+    elif case == "other_models_transform":  # any callable, even an unhashable one
+        read = _TransformedRead(site.read.inner, OutputTransform(UnhashableScale()))
     elif case == "tp1":
         monkeypatch.setattr(allreduce_rmsnorm, "_attn_tp_size", lambda: 1)
     elif case == "fusion_off":
