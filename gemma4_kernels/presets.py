@@ -81,35 +81,32 @@ class PresetError(ValueError):
     """The preset file is malformed; the message names the file and the entry."""
 
 
-def _settings(where: str, raw: Any) -> tuple[Setting, ...]:
-    if not isinstance(raw, dict):
-        raise PresetError(f"{where}: expected an object of settings, got {type(raw).__name__}")
-    out = []
-    for key, spec in raw.items():
-        if not isinstance(spec, dict) or set(spec) != {"value", "source"}:
-            raise PresetError(f"{where}.{key}: expected {{'value': ..., 'source': '...'}}")
-        if not isinstance(spec["source"], str) or not spec["source"].strip():
-            raise PresetError(f"{where}.{key}: every value needs a non-empty source note")
-        if isinstance(spec["value"], (dict, list)) or spec["value"] is None:
-            raise PresetError(f"{where}.{key}: value must be a string, number or true")
-        out.append(Setting(key, spec["value"], spec["source"]))
-    return tuple(out)
-
-
-def _deferred(where: str, raw: Any) -> tuple[Deferred, ...]:
+def _entries(where: str, raw: Any, field: str) -> list[tuple[str, Any, str]]:
+    """``(key, spec[field], source)`` of an object of ``{field: ..., "source": ...}``."""
     if not isinstance(raw, dict):
         raise PresetError(f"{where}: expected an object, got {type(raw).__name__}")
     out = []
     for key, spec in raw.items():
-        if not isinstance(spec, dict) or set(spec) != {"by", "source"}:
-            raise PresetError(f"{where}.{key}: expected {{'by': ..., 'source': '...'}}")
-        by = spec["by"]
-        if by != "sglang" and not (isinstance(by, str) and by.startswith("patch:")):
-            raise PresetError(f"{where}.{key}: 'by' must be 'sglang' or 'patch:<name>', got {by!r}")
+        if not isinstance(spec, dict) or set(spec) != {field, "source"}:
+            raise PresetError(f"{where}.{key}: expected {{'{field}': ..., 'source': '...'}}")
         if not isinstance(spec["source"], str) or not spec["source"].strip():
             raise PresetError(f"{where}.{key}: every value needs a non-empty source note")
-        out.append(Deferred(key, by, spec["source"]))
-    return tuple(out)
+        out.append((key, spec[field], spec["source"]))
+    return out
+
+
+def _settings(where: str, raw: Any) -> tuple[Setting, ...]:
+    for key, value, _ in _entries(where, raw, "value"):
+        if isinstance(value, (dict, list)) or value is None:
+            raise PresetError(f"{where}.{key}: value must be a string, number or true")
+    return tuple(Setting(*entry) for entry in _entries(where, raw, "value"))
+
+
+def _deferred(where: str, raw: Any) -> tuple[Deferred, ...]:
+    for key, by, _ in _entries(where, raw, "by"):
+        if by != "sglang" and not (isinstance(by, str) and by.startswith("patch:")):
+            raise PresetError(f"{where}.{key}: 'by' must be 'sglang' or 'patch:<name>', got {by!r}")
+    return tuple(Deferred(*entry) for entry in _entries(where, raw, "by"))
 
 
 def load_presets(path: str | Path = PRESETS_FILE) -> PresetTable:
