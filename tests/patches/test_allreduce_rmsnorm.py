@@ -239,6 +239,7 @@ class UnhashableScale:
         "declined",
         "predicate_off",
         "not_cuda",
+        "non_contiguous",
         "not_a_dense_site",
         "other_models_transform",
         "tp1",
@@ -268,13 +269,17 @@ def test_every_fallback_is_bit_identical_to_stock(site, monkeypatch, case):
     elif case == "fusion_off":
         monkeypatch.setattr(allreduce_rmsnorm, "_fusion_backend", lambda: None)
     x, residual = inputs(5, torch.bfloat16)
+    if case == "non_contiguous":
+        x = x.t().contiguous().t()  # same values, column-major
+        assert not x.is_contiguous()
     ours = entry(boundary._reduce_update_read, site, x, residual, read)
     stock = entry(site.stock, site, x, residual, read)
     for a, b in zip(ours, stock, strict=True):
         assert torch.equal(a, b)
     assert len(site.fake.calls) == (1 if case == "declined" else 0)
     counted = sum(PATCH.runtime.counts.values())
-    assert counted == (1 if case in ("declined", "predicate_off", "not_cuda") else 0)
+    counted_cases = ("declined", "predicate_off", "not_cuda", "non_contiguous")
+    assert counted == (1 if case in counted_cases else 0)
 
 
 def test_zero_residual_is_reused_and_grows():
