@@ -17,6 +17,7 @@ from sglang_patches import (
     swa_ratio_moe,
     text_only_default,
     triton_swa_decode_window,
+    trtllm_bounds_trap,
 )
 from sglang_patches.base import Patch
 
@@ -35,4 +36,5 @@ PATCHES: list[Patch] = [
     router_fp32.PATCH,
     k_eq_v_skip_v.PATCH,
     allreduce_rmsnorm.PATCH,
+    trtllm_bounds_trap.PATCH,
 ]

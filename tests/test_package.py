@@ -52,11 +52,15 @@ def test_import_install_installs_and_install_stays_callable():
         "import gemma4_kernels.install\n"
         "import gemma4_kernels\n"
         "states = {r['name']: r['state'] for r in gemma4_kernels.status()}\n"
-        "assert set(states.values()) == {'applied'}, states\n"
+        "from sglang_patches.registry import PATCHES\n"
+        "assert all(states[p.name] == ('applied' if p.default_on else 'disabled')"
+        " for p in PATCHES), states\n"
         "again = gemma4_kernels.install()\n"  # the module is callable; twice = once
         "assert [r['state'] for r in again] == list(states.values())\n"
         "gemma4_kernels.revert()\n"
-        "assert {r['state'] for r in gemma4_kernels.status()} == {'pending'}\n"
+        "after = {r['name']: r['state'] for r in gemma4_kernels.status()}\n"
+        "assert all(after[p.name] == ('pending' if p.default_on else 'disabled')"
+        " for p in PATCHES), after\n"
     )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]

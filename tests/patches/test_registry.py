@@ -46,11 +46,13 @@ def test_targets_resolve(patch):
         resolve_target(target)
 
 
-def test_install_twice_equals_once_and_revert_restores_identity():
+def test_install_twice_equals_once_and_revert_restores_identity(monkeypatch):
     for patch in PATCHES:  # import every target module before the snapshot
         patch.check()
     before = snapshot_sglang()
 
+    # every patch, the opt-in ones included
+    monkeypatch.setenv("GEMMA4_KERNELS_PATCHES", "all")
     first = gemma4_kernels.install()
     assert {row["state"] for row in first} == {"applied"}
     after_first = snapshot_sglang()
@@ -79,7 +81,8 @@ def test_changed_target_skips_loudly(monkeypatch, caplog):
     assert "changed since the patch was written" in row["reason"]
     assert any("dense_chunk_mem" in r.getMessage() for r in caplog.records)
     others = {name: r["state"] for name, r in rows.items() if name != "dense_chunk_mem"}
-    assert set(others.values()) == {"applied"}
+    expected = {p.name: "applied" if p.default_on else "disabled" for p in PATCHES}
+    assert others == {name: expected[name] for name in others}
 
 
 def test_missing_target_skips_loudly(monkeypatch):
