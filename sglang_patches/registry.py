@@ -6,6 +6,7 @@ from sglang_patches import (
     allreduce_rmsnorm,
     cpu_router_scale,
     dense_chunk_mem,
+    frozen_kv_mtp_swa,
     k_eq_v_skip_v,
     mm_lm_only,
     moe_gelu_tanh,
@@ -37,4 +38,5 @@ PATCHES: list[Patch] = [
     k_eq_v_skip_v.PATCH,
     allreduce_rmsnorm.PATCH,
     trtllm_bounds_trap.PATCH,
+    frozen_kv_mtp_swa.PATCH,
 ]

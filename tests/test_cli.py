@@ -17,7 +17,10 @@ from sglang_patches.registry import PATCHES
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [patch.name for patch in PATCHES]
 # what an install with no switches set gives each patch
-DEFAULT_STATE = {p.name: "applied" if p.default_on else "disabled" for p in PATCHES}
+DEFAULT_STATE = {
+    p.name: "disabled" if not p.default_on else "upstream" if p.check().upstream else "applied"
+    for p in PATCHES
+}
 
 
 def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
