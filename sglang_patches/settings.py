@@ -76,7 +76,10 @@ class Settings:
             return False, "not listed in GEMMA4_KERNELS_PATCHES"
         if default_on:
             return True, "on by default"
-        return False, f"off by default; enable with GEMMA4_KERNELS_PATCHES={name}"
+        how = f"GEMMA4_KERNELS_PATCHES={name}"
+        if switch_var is not None:
+            how = f"{switch_var}=1 or {how}"
+        return False, f"off by default; enable with {how}"
 
 
 def _parse_patch_list(
