@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sglang_patches import (
     allreduce_rmsnorm,
+    batched_mm_encoder,
     cpu_router_scale,
     dense_chunk_mem,
     frozen_kv_mtp_swa,
@@ -37,6 +38,7 @@ PATCHES: list[Patch] = [
     router_fp32.PATCH,
     k_eq_v_skip_v.PATCH,
     allreduce_rmsnorm.PATCH,
+    batched_mm_encoder.PATCH,
     trtllm_bounds_trap.PATCH,
     frozen_kv_mtp_swa.PATCH,
 ]
