@@ -22,7 +22,8 @@ def patched_runs(tiny_families):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefill_and_decode_past_the_window_match_hf(patched_runs, family):
     run = patched_runs[family]
-    assert set(run.patch_states.values()) == {"applied"}, run.patch_states
+    # every patch acts, except record-only ones that report a fix already upstream
+    assert set(run.patch_states.values()) <= {"applied", "upstream"}, run.patch_states
     report = run.report
     assert max(max(kv) for kv in report.kv_lens) > 8, "decode must cross the sliding window"
     assert report.prefill_max_abs <= PARITY_ATOL, report.step_max_abs
