@@ -96,17 +96,19 @@ def _entries(where: str, raw: Any, field: str) -> list[tuple[str, Any, str]]:
 
 
 def _settings(where: str, raw: Any) -> tuple[Setting, ...]:
-    for key, value, _ in _entries(where, raw, "value"):
+    entries = _entries(where, raw, "value")
+    for key, value, _ in entries:
         if isinstance(value, (dict, list)) or value is None:
             raise PresetError(f"{where}.{key}: value must be a string, number or true")
-    return tuple(Setting(*entry) for entry in _entries(where, raw, "value"))
+    return tuple(Setting(*entry) for entry in entries)
 
 
 def _deferred(where: str, raw: Any) -> tuple[Deferred, ...]:
-    for key, by, _ in _entries(where, raw, "by"):
+    entries = _entries(where, raw, "by")
+    for key, by, _ in entries:
         if by != "sglang" and not (isinstance(by, str) and by.startswith("patch:")):
             raise PresetError(f"{where}.{key}: 'by' must be 'sglang' or 'patch:<name>', got {by!r}")
-    return tuple(Deferred(*entry) for entry in _entries(where, raw, "by"))
+    return tuple(Deferred(*entry) for entry in entries)
 
 
 def load_presets(path: str | Path = PRESETS_FILE) -> PresetTable:

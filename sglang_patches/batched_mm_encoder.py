@@ -54,28 +54,32 @@ class _Frame:
     tokens: Any = None  # valid pooled tokens after the tower
 
 
-def _frames(
-    model: Any,
-    items: list,
-    position_attr: str,
-    missing: Callable[[int], str],
-    flatten: Callable,
-    as_batch: Callable[[Any], Any],
-) -> list:
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between the image and the video method."""
+
+    position_attr: str
+    missing: str  # error for a pixel tensor without positions; {i} = its index
+    as_batch: Callable[[Any], Any]  # a pixel/position tensor -> [rows, patches, ...]
+
+
+def _frames(model: Any, items: list, kind: _Kind) -> list:
     """Pieces in output order: a precomputed embedding tensor or a :class:`_Frame`."""
+    from sglang.srt.models.gemma4_mm import flatten_nested_list
+
     vt = model.vision_tower
     hidden = model.config.text_config.hidden_size
     pieces: list = []
     for item in items:
-        pixel_values = flatten([item.feature])
-        position_ids = flatten([getattr(item, position_attr, None)])
+        pixel_values = flatten_nested_list([item.feature])
+        position_ids = flatten_nested_list([getattr(item, kind.position_attr, None)])
         for index, pv in enumerate(pixel_values):
             if pv.dim() in (2, 3) and pv.shape[-1] == hidden:
                 pieces.append(pv.to(model.language_model.device))
                 continue
             if index >= len(position_ids) or position_ids[index] is None:
-                raise ValueError(missing(index))
-            pv, pp = as_batch(pv), as_batch(position_ids[index])
+                raise ValueError(kind.missing.format(i=index))
+            pv, pp = kind.as_batch(pv), kind.as_batch(position_ids[index])
             pv = pv.to(device=vt.device, dtype=model.language_model.dtype())
             pp = pp.to(device=vt.device)
             pieces += [_Frame(pv[i], pp[i]) for i in range(pv.shape[0])]
@@ -118,12 +122,25 @@ def encode(model: Any, pieces: list, budget: int) -> Any:
     )
 
 
-def _image_batch(t: Any) -> Any:
-    return t.unsqueeze(0) if t.dim() == 2 else t
+IMAGE = _Kind(
+    "image_position_ids",
+    "pixel_values[{i}] has no matching image_position_ids. The HF image processor likely "
+    "renamed this output — update ATTR_NAME_TO_MODALITY in the Gemma4 processor.",
+    lambda t: t.unsqueeze(0) if t.dim() == 2 else t,
+)
+VIDEO = _Kind(
+    "video_position_ids",
+    "pixel_values_videos[{i}] has no matching video_position_ids.",
+    lambda t: t.reshape(-1, t.shape[-2], t.shape[-1]) if t.dim() == 4 else t,
+)
 
 
-def _video_batch(t: Any) -> Any:
-    return t.reshape(-1, t.shape[-2], t.shape[-1]) if t.dim() == 4 else t
+def _feature_method(kind: _Kind) -> Callable[[Any, list], Any]:
+    def get_feature(model: Any, items: list) -> Any:
+        return encode(model, _frames(model, items, kind), patch_budget())
+
+    get_feature.__doc__ = encode.__doc__
+    return get_feature
 
 
 class BatchedMmEncoder(Patch):
@@ -144,44 +161,10 @@ class BatchedMmEncoder(Patch):
         return verify_pins(self.pins)
 
     def _apply(self, undo: UndoLog) -> None:
-        from sglang.srt.models import gemma4_mm
+        from sglang.srt.models.gemma4_mm import Gemma4ForConditionalGeneration as Model
 
-        flatten = gemma4_mm.flatten_nested_list
-
-        def get_image_feature(model, items):
-            pieces = _frames(
-                model,
-                items,
-                "image_position_ids",
-                lambda i: (
-                    f"pixel_values[{i}] has no matching image_position_ids. The HF image "
-                    "processor likely renamed this output — update ATTR_NAME_TO_MODALITY in "
-                    "the Gemma4 processor."
-                ),
-                flatten,
-                _image_batch,
-            )
-            return encode(model, pieces, patch_budget())
-
-        def get_video_feature(model, items):
-            pieces = _frames(
-                model,
-                items,
-                "video_position_ids",
-                lambda i: f"pixel_values_videos[{i}] has no matching video_position_ids.",
-                flatten,
-                _video_batch,
-            )
-            return encode(model, pieces, patch_budget())
-
-        get_image_feature.__doc__ = encode.__doc__
-        get_video_feature.__doc__ = encode.__doc__
-        undo.set_attr(
-            gemma4_mm.Gemma4ForConditionalGeneration, "get_image_feature", get_image_feature
-        )
-        undo.set_attr(
-            gemma4_mm.Gemma4ForConditionalGeneration, "get_video_feature", get_video_feature
-        )
+        undo.set_attr(Model, "get_image_feature", _feature_method(IMAGE))
+        undo.set_attr(Model, "get_video_feature", _feature_method(VIDEO))
 
 
 PATCH = BatchedMmEncoder()
