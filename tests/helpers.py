@@ -8,6 +8,17 @@ from typing import Any
 GIB = 1024  # SGLang's get_device_memory_capacity reports MiB
 
 
+def default_patch_states() -> dict[str, str]:
+    """What a default install gives each patch. Call it before anything is patched:
+    after an install, a fix patch's check() sees its own fix and calls it upstream's."""
+    from sglang_patches.registry import PATCHES
+
+    return {
+        p.name: "disabled" if not p.default_on else "upstream" if p.check().upstream else "applied"
+        for p in PATCHES
+    }
+
+
 def resolve(model_dir: Path, **server_args: Any):
     """Resolve real SGLang ServerArgs for ``model_dir`` as a CUDA server would.
 

@@ -13,14 +13,11 @@ import pytest
 
 from gemma4_kernels.cli import format_table
 from sglang_patches.registry import PATCHES
+from tests.helpers import default_patch_states
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [patch.name for patch in PATCHES]
-# what an install with no switches set gives each patch
-DEFAULT_STATE = {
-    p.name: "disabled" if not p.default_on else "upstream" if p.check().upstream else "applied"
-    for p in PATCHES
-}
+DEFAULT_STATE = default_patch_states()
 
 
 def run(args: list[str], **env: str) -> subprocess.CompletedProcess:

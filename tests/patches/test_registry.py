@@ -11,17 +11,12 @@ import pytest
 import gemma4_kernels
 from sglang_patches import manager, registry
 from sglang_patches.base import Patch, Pin
-from tests.helpers import diff_snapshots, snapshot_sglang
+from tests.helpers import default_patch_states, diff_snapshots, snapshot_sglang
 
 PATCHES = registry.PATCHES
 # Patches that change nothing on 0.5.23: they pin a property SGLang already has.
 RECORD_ONLY = {"frozen_kv_mtp_swa"}
-# What a default install gives each patch, decided before anything is patched (after an
-# install, a fix patch's check() would see its own fix and call it upstream's).
-DEFAULT_STATE = {
-    p.name: "disabled" if not p.default_on else "upstream" if p.check().upstream else "applied"
-    for p in PATCHES
-}
+DEFAULT_STATE = default_patch_states()  # decided before anything is patched
 
 
 def test_every_patch_is_listed_once_with_a_complete_record():
@@ -62,7 +57,7 @@ def test_install_twice_equals_once_and_revert_restores_identity(monkeypatch):
 
     # every patch, the opt-in ones included
     monkeypatch.setenv("GEMMA4_KERNELS_PATCHES", "all")
-    upstream = {p.name for p in PATCHES if p.check().upstream}  # before anything is patched
+    upstream = {name for name, state in DEFAULT_STATE.items() if state == "upstream"}
     first = gemma4_kernels.install()
     assert {row["name"] for row in first if row["state"] == "applied"} == {
         p.name for p in PATCHES if p.name not in upstream
