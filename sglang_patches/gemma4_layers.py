@@ -40,3 +40,16 @@ def rows_2d(*tensors: Any) -> bool:
         )
         and first.shape[0] > 0
     )
+
+
+def layer_tail(layer: Any, x: Any, weight: Any, residual: Any, eps: float) -> Any:
+    """A Gemma 4 layer's last step, ``(rmsnorm(x, weight) + residual) * layer.layer_scalar``
+    (``gemma4::rmsnorm_residual_scalar``).
+
+    The patches that compute a layer's tail call it through this module attribute
+    (``gemma4_layers.layer_tail(...)``), so ``layer_boundary_fusion`` can replace it by
+    one kernel that also produces the next layer's input norm.
+    """
+    from gemma4_kernels.ops.norms import rmsnorm_residual_scalar
+
+    return rmsnorm_residual_scalar(x, weight, residual, layer.layer_scalar, eps)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from sglang_patches import gemma4_layers
 from sglang_patches.base import CheckResult, Patch, Pin, UndoLog, verify_pins
 from sglang_patches.gemma4_layers import plain_rmsnorm, rows_2d
 
@@ -46,7 +47,7 @@ class PleTail(Patch):
         from sglang.srt.layers.layer_boundary.layout import SumGroup
 
         from gemma4_kernels.ops.gelu_tanh_mul import gelu_tanh_mul
-        from gemma4_kernels.ops.norms import rmsnorm_add, rmsnorm_residual_scalar
+        from gemma4_kernels.ops.norms import rmsnorm_add
 
         post_ff = plain_rmsnorm(layer.post_feedforward_layernorm)
         post_ple = plain_rmsnorm(layer.post_per_layer_input_norm)
@@ -61,9 +62,8 @@ class PleTail(Patch):
         h = rmsnorm_add(mlp_out, post_ff[0], residual, post_ff[1])
         gate, _ = layer.per_layer_input_gate(h)
         contribution, _ = layer.per_layer_projection(gelu_tanh_mul(gate, per_layer_input))
-        return rmsnorm_residual_scalar(
-            contribution, post_ple[0], h, layer.layer_scalar, post_ple[1]
-        )
+        # Through the module attribute: layer_boundary_fusion may fuse the next norm in.
+        return gemma4_layers.layer_tail(layer, contribution, post_ple[0], h, post_ple[1])
 
     def _apply(self, undo: UndoLog) -> None:
         from sglang.srt.models.gemma4_causal import Gemma4DecoderLayer
