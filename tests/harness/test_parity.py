@@ -55,19 +55,25 @@ def test_op_counter_sees_the_kernels_of_every_layer(patched_runs, family):
     layers = len(patched_runs[family].model.decoder_layers())
     assert sorted(k for k in counts.layers if isinstance(k, int)) == list(range(layers))
     # Split-KV decode attention: stage 1 (grouped for GQA) and the reduction stage; the
-    # patches add their fused ops (MoE: routing + triple norm; PLE: the 3-op tail).
+    # patches add their fused ops (MoE: routing + triple norm; PLE: the PLE tail; dense and
+    # PLE: the layer tail fused with the next norm).
     expected = {"_fwd_grouped_kernel_stage1": 1, "_fwd_kernel_stage2": 1}
     expected_ours = {}
     if family == "moe":
         expected.update(_moe_routing_kernel=1, _triple_rmsnorm_kernel=1)
         expected_ours = {"gemma4::moe_routing": 1, "gemma4::triple_rmsnorm": 1}
     elif family == "e2b":
-        expected.update(_rmsnorm_add_kernel=2, _gelu_tanh_mul_kernel=1)
+        expected.update(
+            _rmsnorm_add_kernel=1, _gelu_tanh_mul_kernel=1, _layer_tail_next_norm_kernel=1
+        )
         expected_ours = {
             "gemma4::rmsnorm_add": 1,
             "gemma4::gelu_tanh_mul": 1,
-            "gemma4::rmsnorm_residual_scalar": 1,
+            "gemma4::layer_tail_next_norm": 1,
         }
+    elif family == "dense":
+        expected.update(_layer_tail_next_norm_kernel=1)
+        expected_ours = {"gemma4::layer_tail_next_norm": 1}
     for index in range(layers):
         assert dict(counts.layers[index].triton) == expected, index
         assert dict(counts.layers[index].ours) == expected_ours, index
