@@ -29,7 +29,14 @@ import triton
 import triton.language as tl
 
 from gemma4_kernels.ops._common import check_row_tensor, check_vector, row_block
-from gemma4_kernels.ops.norms import _check_eps, _inv_rms, _use_kernel, rmsnorm_ref
+from gemma4_kernels.ops.norms import (
+    _check_eps,
+    _inv_rms,
+    _load_row,
+    _load_vector,
+    _use_kernel,
+    rmsnorm_ref,
+)
 
 
 @triton.jit
@@ -52,9 +59,9 @@ def _layer_tail_next_norm_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
-    x = tl.load(x_ptr + row * stride_xt + offs * stride_xh, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + row * stride_rt + offs * stride_rh, mask=mask, other=0.0).to(tl.float32)
-    w_post = tl.load(w_post_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _load_row(x_ptr, row, stride_xt, stride_xh, offs, mask)
+    r = _load_row(r_ptr, row, stride_rt, stride_rh, offs, mask)
+    w_post = _load_vector(w_post_ptr, offs, mask)
     scalar = tl.load(scalar_ptr).to(tl.float32)
 
     dtype = res_out_ptr.dtype.element_ty
@@ -64,7 +71,7 @@ def _layer_tail_next_norm_kernel(
 
     # The next layer's norm reads the stored (rounded) stream, so round before reducing.
     new = new.to(tl.float32)
-    w_next = tl.load(w_next_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w_next = _load_vector(w_next_ptr, offs, mask)
     normed = new * _inv_rms(new, H, eps) * w_next
     tl.store(normed_out_ptr + row * H + offs, normed.to(dtype), mask=mask)
 

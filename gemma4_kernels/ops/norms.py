@@ -44,6 +44,17 @@ from gemma4_kernels.ops._common import (
 
 
 @triton.jit
+def _load_row(ptr, row, stride_t, stride_h, offs, mask):
+    """One row (any strides) as fp32; masked lanes are 0."""
+    return tl.load(ptr + row * stride_t + offs * stride_h, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_vector(ptr, offs, mask):
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _inv_rms(x, H, eps):
     """1 / sqrt(mean(x^2) + eps) over one row held in registers (masked lanes are 0)."""
     return 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
@@ -68,9 +79,9 @@ def _rmsnorm_add_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
-    x = tl.load(x_ptr + row * stride_xt + offs * stride_xh, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + row * stride_rt + offs * stride_rh, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _load_row(x_ptr, row, stride_xt, stride_xh, offs, mask)
+    r = _load_row(r_ptr, row, stride_rt, stride_rh, offs, mask)
+    w = _load_vector(w_ptr, offs, mask)
     y = x * _inv_rms(x, H, eps) * w + r
     if HAS_SCALAR:
         y = y * tl.load(scalar_ptr).to(tl.float32)
@@ -100,16 +111,16 @@ def _triple_rmsnorm_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
-    a = tl.load(a_ptr + row * stride_at + offs * stride_ah, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + row * stride_rt + offs * stride_rh, mask=mask, other=0.0).to(tl.float32)
-    w_post = tl.load(w_post_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = _load_row(a_ptr, row, stride_at, stride_ah, offs, mask)
+    r = _load_row(r_ptr, row, stride_rt, stride_rh, offs, mask)
+    w_post = _load_vector(w_post_ptr, offs, mask)
 
     h = a * _inv_rms(a, H, eps) * w_post + r  # masked lanes stay 0
     normed = h * _inv_rms(h, H, eps)
 
-    w_pre = tl.load(w_pre_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    w_pre2 = tl.load(w_pre2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    router_scale = tl.load(router_scale_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w_pre = _load_vector(w_pre_ptr, offs, mask)
+    w_pre2 = _load_vector(w_pre2_ptr, offs, mask)
+    router_scale = _load_vector(router_scale_ptr, offs, mask)
     out = row * H + offs
     dtype = res_out_ptr.dtype.element_ty
     tl.store(res_out_ptr + out, h.to(dtype), mask=mask)
@@ -134,10 +145,10 @@ def _rmsnorm_pair_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
-    x = tl.load(x_ptr + row * stride_xt + offs * stride_xh, mask=mask, other=0.0).to(tl.float32)
+    x = _load_row(x_ptr, row, stride_xt, stride_xh, offs, mask)
     normed = x * _inv_rms(x, H, eps)
-    wa = tl.load(wa_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    wb = tl.load(wb_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    wa = _load_vector(wa_ptr, offs, mask)
+    wb = _load_vector(wb_ptr, offs, mask)
     dtype = a_out_ptr.dtype.element_ty
     tl.store(a_out_ptr + row * H + offs, (normed * wa).to(dtype), mask=mask)
     tl.store(b_out_ptr + row * H + offs, (normed * wb).to(dtype), mask=mask)
