@@ -39,6 +39,24 @@ LAUNCH_MODEL = [
         "ops": "norm, add, gelu, mul, norm, add, scale -> rmsnorm_add, gelu_tanh_mul, "
         "rmsnorm_residual_scalar (2 GEMMs unchanged)",
     },
+    {
+        "block": "layer boundary, dense (31B)",
+        "stock": 2,
+        "patched": 1,
+        "ops": "gemma_rmsnorm_residual_scalar, next input_layernorm -> layer_tail_next_norm",
+    },
+    {
+        "block": "layer boundary, PLE (E2B/E4B, after ple_tail)",
+        "stock": 2,
+        "patched": 1,
+        "ops": "rmsnorm_residual_scalar, next input_layernorm -> layer_tail_next_norm",
+    },
+    {
+        "block": "layer boundary, MoE (26B-A4B)",
+        "stock": 2,
+        "patched": 2,
+        "ops": "gemma_dual_rmsnorm_residual_scalar, next input_layernorm (not fused)",
+    },
 ]
 
 
@@ -98,6 +116,7 @@ def gpu_rows(tokens: list[int], hidden_sizes: list[int]) -> list[dict]:
 def static_rows(hidden_sizes: list[int]) -> list[dict]:
     from gemma4_kernels.ops._common import row_block
     from gemma4_kernels.ops.gelu_tanh_mul import _gelu_tanh_mul_kernel
+    from gemma4_kernels.ops.layer_tail_next_norm import _layer_tail_next_norm_kernel
     from gemma4_kernels.ops.norms import (
         _rmsnorm_add_kernel,
         _rmsnorm_pair_kernel,
@@ -157,6 +176,27 @@ def static_rows(hidden_sizes: list[int]) -> list[dict]:
         eps="fp32",
         BLOCK="constexpr",
     )
+    boundary = {
+        name: bf16
+        for name in (
+            "x_ptr",
+            "w_post_ptr",
+            "r_ptr",
+            "scalar_ptr",
+            "w_next_ptr",
+            "res_out_ptr",
+            "normed_out_ptr",
+        )
+    }
+    boundary.update(
+        H="i32",
+        stride_xt="i32",
+        stride_xh="i32",
+        stride_rt="i32",
+        stride_rh="i32",
+        eps="fp32",
+        BLOCK="constexpr",
+    )
     gelu = dict(
         gate_ptr=bf16,
         up_ptr=bf16,
@@ -182,6 +222,12 @@ def static_rows(hidden_sizes: list[int]) -> list[dict]:
                 warps,
             ),
             (_rmsnorm_pair_kernel, pair, {"BLOCK": block, "stride_xh": 1}, warps),
+            (
+                _layer_tail_next_norm_kernel,
+                boundary,
+                {"BLOCK": block, "stride_xh": 1, "stride_rh": 1},
+                warps,
+            ),
         ]
         for fn, sig, const, nw in cases:
             metrics = compile_static(fn, sig, const, num_warps=nw)

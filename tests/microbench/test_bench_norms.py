@@ -14,9 +14,17 @@ def test_cpu_mode(run_bench):
     assert [(r["cuda_launches_stock"], r["cuda_launches_patched"]) for r in model] == [
         ("4", "1"),
         ("7", "3"),
+        ("2", "1"),
+        ("2", "1"),
+        ("2", "2"),
     ]
     static = [row for row in rows if row.get("registers")]
     kernels = {row["kernel"] for row in static}
-    assert {"_triple_rmsnorm_kernel", "_rmsnorm_add_kernel", "_gelu_tanh_mul_kernel"} <= kernels
+    assert {
+        "_triple_rmsnorm_kernel",
+        "_rmsnorm_add_kernel",
+        "_gelu_tanh_mul_kernel",
+        "_layer_tail_next_norm_kernel",
+    } <= kernels
     for row in static:  # a real hidden size must not spill
         assert int(row["spill_store_bytes"]) == 0 and int(row["spill_load_bytes"]) == 0, row
