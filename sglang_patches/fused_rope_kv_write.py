@@ -72,16 +72,22 @@ class FusedRopeKvWrite(Patch):
         """``arg`` with its write location in the space of the buffer it writes."""
         from sglang.kernels.ops.attention.rope import FusedSetKVBufferArg
         from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
-        from sglang.srt.model_executor.forward_context import get_token_to_kv_pool
+        from sglang.srt.model_executor.forward_context import get_attn_backend
 
         if not isinstance(arg, FusedSetKVBufferArg):  # the ROCm branch translates itself
             return arg
-        if getattr(forward_batch, "dcp_kv_mask", None) is not None:
+        backend = get_attn_backend()
+        # Decode context parallel: the backends write a rank-local shard (loc // dcp_size,
+        # masked by position), which the fused kernel's plain slot store cannot do.
+        if (
+            getattr(backend, "dcp_size", 1) > 1
+            or getattr(forward_batch, "dcp_kv_mask", None) is not None
+        ):
             raise FusedKVWriteUnsupported(
                 "fused RoPE + KV write with decode context parallel: the backend writes a "
                 "masked rank-local shard, the fused kernel cannot"
             )
-        pool = get_token_to_kv_pool()
+        pool = backend.token_to_kv_pool
         if not isinstance(pool, SWAKVPool) or not pool.layers_mapping[layer.layer_id][1]:
             return arg
         swa_loc = pool.translate_loc_from_full_to_swa(arg.cache_loc)

@@ -110,7 +110,9 @@ def test_patched_builder_makes_every_fused_write_exact(
     assert run.generation.tokens == stock_with_held_slots.generation.tokens
 
 
-def test_builder_translates_only_sliding_layers_and_refuses_dcp(tiny_families, install_only):
+def test_builder_translates_only_sliding_layers_and_refuses_dcp(
+    tiny_families, install_only, monkeypatch
+):
     """Unit check on the tiny model's real pool and attention layers."""
     from types import SimpleNamespace
 
@@ -144,3 +146,6 @@ def test_builder_translates_only_sliding_layers_and_refuses_dcp(tiny_families, i
             gemma4_causal.create_fused_set_kv_buffer_arg(
                 value, full, SimpleNamespace(out_cache_loc=loc, dcp_kv_mask=torch.ones(3))
             )
+        monkeypatch.setattr(model.runner.attn_backend, "dcp_size", 2)
+        with pytest.raises(fused_rope_kv_write.FusedKVWriteUnsupported, match="context parallel"):
+            gemma4_causal.create_fused_set_kv_buffer_arg(value, full, batch)
