@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="launch SGLang's server with the plugin and the model's preset (--help for more)",
     )
     serve.set_defaults(func=None)
+    # bench's options are parsed by microbench.bench (same pass-through as serve).
+    bench = sub.add_parser(
+        "bench", add_help=False, help="every fused op and shape: CSV + JSON (--help for more)"
+    )
+    bench.set_defaults(func=None)
     return parser
 
 
@@ -110,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Everything after "serve", in order, untouched (SGLang's parser sees it as typed).
         return serve_main(argv[argv.index("serve") + 1 :])
+    if args.command == "bench":
+        from microbench.bench import main as bench_main
+
+        return bench_main(argv[argv.index("bench") + 1 :])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
