@@ -209,9 +209,35 @@ def static_rows(hidden_sizes: list[int]) -> list[dict]:
         COEF="constexpr",
         BLOCK="constexpr",
     )
+    # SGLang's own fused tail (what layer_tail_next_norm replaces together with the next
+    # layer's input norm, a CUDA sgl_kernel RMSNorm that Triton cannot compile here).
+    from sglang.kernels.ops.layernorm.gemma4_fused_ops import _gemma_rmsnorm_residual_kernel
+
+    stock_tail = dict(
+        X_ptr=bf16,
+        W_ptr=bf16,
+        Residual_ptr=bf16,
+        Scalar_ptr=bf16,
+        Out_ptr=bf16,
+        stride_x="i32",
+        stride_r="i32",
+        stride_o="i32",
+        N="i32",
+        eps="fp32",
+        HAS_SCALAR="constexpr",
+        BLOCK_SIZE="constexpr",
+    )
     rows = []
     for hidden in hidden_sizes:
         block, warps = row_block(hidden)
+        # SGLang launches it with its default num_warps (4) and BLOCK_SIZE = next pow2.
+        metrics = compile_static(
+            _gemma_rmsnorm_residual_kernel,
+            stock_tail,
+            {"HAS_SCALAR": True, "BLOCK_SIZE": block},
+            num_warps=4,
+        )
+        rows.append({"shape": f"H={hidden}", "impl": "sglang", **metrics.as_dict()})
         unit = {"stride_ah": 1, "stride_rh": 1}
         cases = [
             (_triple_rmsnorm_kernel, triple, {"BLOCK": block, **unit}, warps),

@@ -26,5 +26,9 @@ def test_cpu_mode(run_bench):
         "_gelu_tanh_mul_kernel",
         "_layer_tail_next_norm_kernel",
     } <= kernels
+    # SGLang's kernel that layer_tail_next_norm replaces, side by side.
+    assert {r["kernel"] for r in static if r["impl"] == "sglang"} == {
+        "_gemma_rmsnorm_residual_kernel"
+    }
     for row in static:  # a real hidden size must not spill
         assert int(row["spill_store_bytes"]) == 0 and int(row["spill_load_bytes"]) == 0, row
