@@ -114,6 +114,10 @@ def gpu_rows(tokens: list[int], hidden_sizes: list[int]) -> list[dict]:
 
 
 def static_rows(hidden_sizes: list[int]) -> list[dict]:
+    # SGLang's own fused tail (what layer_tail_next_norm replaces together with the next
+    # layer's input norm, a CUDA sgl_kernel RMSNorm that Triton cannot compile here).
+    from sglang.kernels.ops.layernorm.gemma4_fused_ops import _gemma_rmsnorm_residual_kernel
+
     from gemma4_kernels.ops._common import row_block
     from gemma4_kernels.ops.gelu_tanh_mul import _gelu_tanh_mul_kernel
     from gemma4_kernels.ops.layer_tail_next_norm import _layer_tail_next_norm_kernel
@@ -122,145 +126,40 @@ def static_rows(hidden_sizes: list[int]) -> list[dict]:
         _rmsnorm_pair_kernel,
         _triple_rmsnorm_kernel,
     )
-    from microbench.static_metrics import compile_static
+    from microbench.static_metrics import compile_static, signature_of
 
-    bf16 = "*bf16"
-    triple = {
-        name: bf16
-        for name in (
-            "a_ptr",
-            "r_ptr",
-            "w_post_ptr",
-            "w_pre_ptr",
-            "w_pre2_ptr",
-            "router_scale_ptr",
-            "res_out_ptr",
-            "pre_out_ptr",
-            "router_out_ptr",
-            "pre2_out_ptr",
-        )
-    }
-    triple.update(
-        H="i32",
-        stride_at="i32",
-        stride_ah="i32",
-        stride_rt="i32",
-        stride_rh="i32",
-        eps="fp32",
-        BLOCK="constexpr",
-    )
-    add = dict(
-        x_ptr=bf16,
-        w_ptr=bf16,
-        r_ptr=bf16,
-        scalar_ptr=bf16,
-        out_ptr=bf16,
-        H="i32",
-        stride_xt="i32",
-        stride_xh="i32",
-        stride_rt="i32",
-        stride_rh="i32",
-        eps="fp32",
-        HAS_SCALAR="constexpr",
-        BLOCK="constexpr",
-    )
-    pair = dict(
-        x_ptr=bf16,
-        wa_ptr=bf16,
-        wb_ptr=bf16,
-        a_out_ptr=bf16,
-        b_out_ptr=bf16,
-        H="i32",
-        stride_xt="i32",
-        stride_xh="i32",
-        eps="fp32",
-        BLOCK="constexpr",
-    )
-    boundary = {
-        name: bf16
-        for name in (
-            "x_ptr",
-            "w_post_ptr",
-            "r_ptr",
-            "scalar_ptr",
-            "w_next_ptr",
-            "res_out_ptr",
-            "normed_out_ptr",
-        )
-    }
-    boundary.update(
-        H="i32",
-        stride_xt="i32",
-        stride_xh="i32",
-        stride_rt="i32",
-        stride_rh="i32",
-        eps="fp32",
-        BLOCK="constexpr",
-    )
-    gelu = dict(
-        gate_ptr=bf16,
-        up_ptr=bf16,
-        out_ptr=bf16,
-        N="i32",
-        stride_gt="i32",
-        stride_gn="i32",
-        stride_ut="i32",
-        stride_un="i32",
-        COEF="constexpr",
-        BLOCK="constexpr",
-    )
-    # SGLang's own fused tail (what layer_tail_next_norm replaces together with the next
-    # layer's input norm, a CUDA sgl_kernel RMSNorm that Triton cannot compile here).
-    from sglang.kernels.ops.layernorm.gemma4_fused_ops import _gemma_rmsnorm_residual_kernel
-
-    stock_tail = dict(
-        X_ptr=bf16,
-        W_ptr=bf16,
-        Residual_ptr=bf16,
-        Scalar_ptr=bf16,
-        Out_ptr=bf16,
-        stride_x="i32",
-        stride_r="i32",
-        stride_o="i32",
-        N="i32",
-        eps="fp32",
-        HAS_SCALAR="constexpr",
-        BLOCK_SIZE="constexpr",
-    )
     rows = []
     for hidden in hidden_sizes:
         block, warps = row_block(hidden)
         # SGLang launches it with its default num_warps (4) and BLOCK_SIZE = next pow2.
         metrics = compile_static(
             _gemma_rmsnorm_residual_kernel,
-            stock_tail,
+            signature_of(_gemma_rmsnorm_residual_kernel),
             {"HAS_SCALAR": True, "BLOCK_SIZE": block},
             num_warps=4,
         )
         rows.append({"shape": f"H={hidden}", "impl": "sglang", **metrics.as_dict()})
         unit = {"stride_ah": 1, "stride_rh": 1}
         cases = [
-            (_triple_rmsnorm_kernel, triple, {"BLOCK": block, **unit}, warps),
+            (_triple_rmsnorm_kernel, {"BLOCK": block, **unit}, warps),
             (
                 _rmsnorm_add_kernel,
-                add,
                 {"BLOCK": block, "HAS_SCALAR": True, "stride_xh": 1, "stride_rh": 1},
                 warps,
             ),
-            (_rmsnorm_pair_kernel, pair, {"BLOCK": block, "stride_xh": 1}, warps),
+            (_rmsnorm_pair_kernel, {"BLOCK": block, "stride_xh": 1}, warps),
             (
                 _layer_tail_next_norm_kernel,
-                boundary,
                 {"BLOCK": block, "stride_xh": 1, "stride_rh": 1},
                 warps,
             ),
         ]
-        for fn, sig, const, nw in cases:
-            metrics = compile_static(fn, sig, const, num_warps=nw)
+        for fn, const, nw in cases:
+            metrics = compile_static(fn, signature_of(fn), const, num_warps=nw)
             rows.append({"shape": f"H={hidden}", "impl": "ours", **metrics.as_dict()})
     metrics = compile_static(
         _gelu_tanh_mul_kernel,
-        gelu,
+        signature_of(_gelu_tanh_mul_kernel),
         {"COEF": 1.5957691216057308, "BLOCK": 256, "stride_gn": 1, "stride_un": 1},
         num_warps=4,
     )

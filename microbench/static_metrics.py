@@ -95,3 +95,20 @@ def compile_static(
         shared_bytes=max(int(smem.group(1)) if smem else 0, kernel.metadata.shared),
         sass_instructions=instructions,
     )
+
+
+def signature_of(
+    fn: Any, *, pointer: str = "*bf16", floats: tuple[str, ...] = ("eps",)
+) -> dict[str, str]:
+    """The compile signature of a ``@triton.jit`` kernel following the naming its
+    arguments use: ``*_ptr`` pointers of ``pointer`` type, ``floats`` fp32, constexpr
+    parameters ``constexpr``, every other scalar i32."""
+
+    def kind(param: Any) -> str:
+        if param.is_constexpr:
+            return "constexpr"
+        if param.name.lower().endswith("_ptr"):
+            return pointer
+        return "fp32" if param.name in floats else "i32"
+
+    return {param.name: kind(param) for param in fn.params}
