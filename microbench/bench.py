@@ -1,10 +1,15 @@
 """``gemma4-kernels bench``: every fused op and architecture in one run, CSV + JSON.
 
-On CPU (no GPU here so far) it writes the launch and bytes model of the CUDA path
-(``op_model.py``; labelled "model", not a measurement) for every op and Gemma 4 shape,
-plus the per-layer region stock vs patched. On a GPU it also runs the timing benchmarks
-(``bench_norms``, ``bench_routing``: stock SGLang vs ours vs eager in the same process,
-``triton.testing.do_bench``, CUDA graphs for T <= 256) and adds their rows.
+Without a GPU it writes, labelled "model" (read from the code, not measured):
+
+* per fused op and shape (``op_model.py``): the kernels SGLang 0.5.23 launches on CUDA
+  where our op acts vs ours, their launches, HBM bytes and roofline time;
+* per model and decode T (``layer_model.py``): one whole decode step stock vs patched
+  (every layer, the embedding, final norm and LM head), and what each patch changes.
+
+On a GPU it adds the timing rows of ``bench_norms`` and ``bench_routing`` (ours vs SGLang's
+path vs eager in the same process, ``microbench.harness``: ``triton.testing.do_bench``,
+CUDA graphs for T <= 256, GB/s and % of peak HBM bandwidth).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from microbench import op_model, shapes
+from microbench import layer_model, op_model, shapes
 from microbench.common import RESULTS, run_context, write_csv
 
 
@@ -26,16 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemma4-kernels bench", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--op", help="comma-separated ops (default: all)")
+    parser.add_argument("--op", help="comma-separated fused ops (default: all)")
     parser.add_argument(
         "--shapes", help=f"comma-separated models (default: {','.join(shapes.MODELS)})"
     )
     parser.add_argument("--phase", choices=("decode", "prefill", "all"), default="all")
     parser.add_argument("--tp", default="1", help="comma-separated TP sizes (default: 1)")
     parser.add_argument(
+        "--context",
+        type=int,
+        default=layer_model.DEFAULT_CONTEXT,
+        help="tokens of context per request in the decode-step model "
+        f"(default: {layer_model.DEFAULT_CONTEXT})",
+    )
+    parser.add_argument(
         "--out", help="CSV path (default: microbench/results/<date>-<device>-bench.csv)"
     )
-    parser.add_argument("--markdown", action="store_true", help="also print the README table")
+    parser.add_argument("--markdown", action="store_true", help="also print the README section")
     return parser
 
 
@@ -47,37 +59,26 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
         tp_sizes = [int(t) for t in _split(args.tp)]
     except ValueError:
         raise ValueError(f"--tp must be comma-separated integers, got {args.tp!r}") from None
+    if args.context < 1:
+        raise ValueError(f"--context must be >= 1, got {args.context}")
     cases = shapes.cases(_split(args.shapes), phases, tp_sizes)
-    rows = op_model.rows(cases, _split(args.op)) + op_model.layer_rows(cases)
+    rows = op_model.rows(cases, _split(args.op))
+    # The whole-step model is TP 1 and decode only; --op filters the per-op rows alone.
+    models = list(dict.fromkeys(c.model.name for c in cases))
+    decode_tokens = sorted({c.tokens for c in cases if c.phase == "decode"})
+    if decode_tokens:
+        rows += layer_model.step_rows(models, decode_tokens, args.context)
+        for t in decode_tokens:
+            rows += layer_model.patch_rows(models, t, args.context)
     if torch.cuda.is_available():  # timings, same process and run
-        from microbench import bench_norms
+        from microbench import bench_norms, bench_routing
 
         tokens = sorted({c.tokens for c in cases})
         hidden = sorted({c.model.hidden for c in cases})
-        rows += [{"what": "GPU timing", **r} for r in bench_norms.gpu_rows(tokens, hidden)]
+        rows += bench_norms.gpu_rows(tokens, hidden)
+        if any(c.model.arch == "moe" for c in cases):
+            rows += bench_routing.gpu_rows(tokens)
     return rows
-
-
-def markdown(rows: list[dict[str, Any]], device: str, date: str) -> str:
-    """The README table: per-layer region and all layers, decode T=1 and T=64, per model."""
-    lines = [
-        f"Modelled CUDA-path launches and HBM bytes of the region our ops touch "
-        f"(routing, norms, layer tails, next input norm), stock SGLang 0.5.23 vs patched "
-        f"(`gemma4-kernels bench`, {device}, {date}; a model, not a measurement):",
-        "",
-        "| shape | launches / layer | launches, all layers | bytes / layer | bytes, all layers |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if not r["op"].startswith("layer region") or r["shape"].split("T=")[1] not in ("1", "64"):
-            continue
-        lines.append(
-            f"| {r['shape']} | {r['launches_stock_per_layer']} → {r['launches_patched_per_layer']}"
-            f" | {r['launches_stock_all_layers']} → {r['launches_patched_all_layers']}"
-            f" | {r['bytes_stock_per_layer']:,} → {r['bytes_patched_per_layer']:,}"
-            f" | {r['bytes_stock_all_layers']:,} → {r['bytes_patched_all_layers']:,} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} rows ({', '.join(kinds)}) on {context['device']}")
     print(f"wrote {path}\nwrote {json_path}")
     if args.markdown:
-        print("\n" + markdown(rows, context["device"], context["date"]))
+        from microbench.readme_table import section
+
+        print("\n" + section(path))
     return 0
 
 

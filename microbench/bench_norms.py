@@ -21,7 +21,6 @@ from microbench.common import report
 
 DEFAULT_TOKENS = [1, 8, 64, 256, 1024, 4096, 8192]
 HIDDEN = {"E2B": 1536, "E4B": 2560, "26B-A4B": 2816, "31B": 5376}
-PEAK_TBPS = {"H100": 3.35, "H200": 4.8, "B200": 8.0}
 
 # CUDA launches per decoder layer for each block, read from SGLang 0.5.23's code
 # (targets map §2, §3) and from our patches: a model, not a measurement.
@@ -60,18 +59,17 @@ LAUNCH_MODEL = [
 ]
 
 
-def _peak(device: str) -> float | None:
-    return next((v for k, v in PEAK_TBPS.items() if k in device), None)
-
-
 def gpu_rows(tokens: list[int], hidden_sizes: list[int]) -> list[dict]:
-    import triton.testing
+    """Ours vs SGLang's four norm modules vs eager, same process and run (harness)."""
     from sglang.srt.layers.layernorm import RMSNorm
 
     from gemma4_kernels.ops.norms import triple_rmsnorm, triple_rmsnorm_ref
+    from microbench.harness import time_impls
 
-    device = torch.cuda.get_device_name()
-    peak = _peak(device)
+    def same(ref, out):
+        for r, o in zip(ref, out, strict=True):
+            torch.testing.assert_close(o.float(), r.float(), rtol=2e-2, atol=2e-2)
+
     rows = []
     for hidden in hidden_sizes:
         norms = [RMSNorm(hidden).cuda().to(torch.bfloat16) for _ in range(4)]
@@ -90,26 +88,9 @@ def gpu_rows(tokens: list[int], hidden_sizes: list[int]) -> list[dict]:
                 "sglang_sequence": stock,
                 "eager_reference": lambda a=a, r=r, w=weights: triple_rmsnorm_ref(a, r, *w, 1e-6),
             }
-            # Bytes the fused block must move: read a, r; write four outputs (bf16).
-            moved = 6 * t * hidden * 2
-            base = None
-            for name, fn in impls.items():
-                bench = triton.testing.do_bench_cudagraph if t <= 256 else triton.testing.do_bench
-                p50, p20, p80 = bench(fn, quantiles=[0.5, 0.2, 0.8])
-                base = base or p50
-                gbps = moved / (p50 * 1e-3) / 1e9
-                rows.append(
-                    {
-                        "shape": f"H={hidden} triple T={t}",
-                        "impl": name,
-                        "median_us": round(p50 * 1e3, 2),
-                        "p20_us": round(p20 * 1e3, 2),
-                        "p80_us": round(p80 * 1e3, 2),
-                        "GB/s": round(gbps, 1),
-                        "pct_peak_hbm": round(100 * gbps / (peak * 1e3), 1) if peak else "",
-                        "speedup_vs_ours": round(p50 / base, 3),
-                    }
-                )
+            # Bytes the fused block must move: read a, r; write four outputs; 4 weights.
+            moved = 6 * t * hidden * 2 + 4 * hidden * 2
+            rows += time_impls(f"H={hidden} triple T={t}", t, impls, moved, check=same)
     return rows
 
 

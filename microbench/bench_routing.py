@@ -5,7 +5,7 @@
 On a GPU: correctness first, then median µs per call (CUDA graphs for T <= 256, as
 SGLang runs decode) for ours (gemma4::moe_routing), upstream's fused kernel
 (gemma4_fused_routing), upstream's split path (torch.topk + gemma_routing_post_topk)
-and HF's eager router math; speedup vs upstream fused.
+and HF's eager router math (``microbench.harness``); speedup of ours over each.
 
 Without a GPU there are no timings. It reports, labelled as such: the launches per
 call of each path on CUDA (a model read from the code) and static metrics of the
@@ -43,50 +43,36 @@ def hf_eager(logits: torch.Tensor, scale: torch.Tensor, top_k: int):
 
 
 def gpu_rows(tokens: list[int]) -> list[dict]:
-    import triton.testing
+    """Ours vs SGLang's fused and split routing vs HF eager, same process and run."""
     from sglang.kernels.ops.moe.gemma4_routing import (
         gemma4_fused_routing,
         gemma_routing_post_topk,
     )
 
     from gemma4_kernels.ops.routing import moe_routing
+    from microbench.harness import time_impls
 
     def upstream_split(logits, scale, top_k):
         values, ids = torch.topk(logits, k=top_k, dim=-1)
         return gemma_routing_post_topk(values, ids, scale)
 
-    impls = {
-        "ours": lambda x, s: moe_routing(x, s, TOP_K),
-        "upstream_fused": lambda x, s: gemma4_fused_routing(x, s, TOP_K),
-        "upstream_split": lambda x, s: upstream_split(x, s, TOP_K),
-        "hf_eager": lambda x, s: hf_eager(x, s, TOP_K),
-    }
+    def same(ref, out):
+        assert torch.equal(out[1].int(), ref[1].int())
+        torch.testing.assert_close(out[0].float(), ref[0].float(), rtol=1e-5, atol=1e-6)
+
     rows = []
     scale = torch.rand(EXPERTS, device="cuda") + 0.5
     for t in tokens:
         logits = torch.randn(t, EXPERTS, device="cuda", dtype=torch.bfloat16)
-        ref_w, ref_i = impls["upstream_fused"](logits, scale)
-        for name, fn in impls.items():  # correctness before timing
-            w, i = fn(logits, scale)
-            assert torch.equal(i.int(), ref_i), name
-            torch.testing.assert_close(w.float(), ref_w, rtol=1e-5, atol=1e-6)
-        timings = {}
-        for name, fn in impls.items():
-            bench = triton.testing.do_bench_cudagraph if t <= 256 else triton.testing.do_bench
-            ms = bench(lambda fn=fn, x=logits: fn(x, scale), quantiles=[0.5, 0.2, 0.8])
-            timings[name] = ms
-        base = timings["upstream_fused"][0]
-        for name, (p50, p20, p80) in timings.items():
-            rows.append(
-                {
-                    "shape": f"26B-A4B routing T={t}",
-                    "impl": name,
-                    "median_us": round(p50 * 1e3, 2),
-                    "p20_us": round(p20 * 1e3, 2),
-                    "p80_us": round(p80 * 1e3, 2),
-                    "speedup_vs_upstream_fused": round(base / p50, 3),
-                }
-            )
+        impls = {
+            "ours": lambda x=logits: moe_routing(x, scale, TOP_K),
+            "upstream_fused": lambda x=logits: gemma4_fused_routing(x, scale, TOP_K),
+            "upstream_split": lambda x=logits: upstream_split(x, scale, TOP_K),
+            "hf_eager": lambda x=logits: hf_eager(x, scale, TOP_K),
+        }
+        # bf16 logits and fp32 scale in; fp32 weights and int32 ids out.
+        moved = t * EXPERTS * 2 + EXPERTS * 4 + 8 * t * TOP_K
+        rows += time_impls(f"26B-A4B routing T={t}", t, impls, moved, check=same)
     return rows
 
 

@@ -1,9 +1,10 @@
 """Launches and HBM bytes of each fused op vs the CUDA kernels SGLang 0.5.23 runs instead.
 
-A model, read from the code (sglang/srt/models/gemma4_causal.py on CUDA, targets map §1-3,
-our patches), not a measurement: every kernel is listed with the tensors it must read and
-write, and the roofline time is bytes / peak HBM bandwidth. GEMMs and attention are not
-touched by these ops and are not modelled. Norms and routing run on whole rows on every
+The per-op view; ``layer_model.py`` models the whole decode step (every kernel of every
+layer). A model, read from the code (sglang/srt/models/gemma4_causal.py on CUDA, targets
+map §1-3, our patches), not a measurement: every kernel is listed with the tensors it must
+read and write, and the roofline time is bytes / peak HBM bandwidth. GEMMs and attention
+are not touched by these ops and are not in this view. Norms and routing run on whole rows on every
 tensor-parallel rank, so the numbers are the same at TP 1 and 2.
 
 Element counts per kernel (T tokens, H hidden, P per-layer-input width, E experts, K
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from microbench.harness import PEAK_HBM_TBPS
 from microbench.shapes import Case
 
 ACT_BYTES = 2  # bf16 activations and norm weights
-PEAK_HBM_TBPS = {"H100": 3.35, "H200": 4.8, "B200": 8.0}
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,6 @@ TRIPLE = FusedOp(
     ours=(_ours("triple_rmsnorm", rows=6, weights=4),),
     note="read attn_out, residual; write residual, pre_ff, router_in, pre_ff_2",
 )
-MOE_TAIL = FusedOp(
-    "(not fused) MoE tail",
-    "moe",
-    stock=(Kernel("gemma_dual_rmsnorm_residual_scalar", rows=4, weights=3), INPUT_NORM),
-    ours=(Kernel("gemma_dual_rmsnorm_residual_scalar", rows=4, weights=3), INPUT_NORM),
-    note="layer_boundary_fusion does not fuse the dual-norm tail",
-)
 PLE_TAIL = FusedOp(
     "ple_tail: rmsnorm_add + gelu_tanh_mul + rmsnorm_residual_scalar",
     "ple",
@@ -118,16 +112,6 @@ PLE_BOUNDARY = FusedOp(
 
 OPS: tuple[FusedOp, ...] = (ROUTING, TRIPLE, PLE_TAIL, DENSE_BOUNDARY, PLE_BOUNDARY)
 
-# The modelled region of one decoder layer, stock SGLang vs every default patch applied.
-LAYER_REGION: dict[str, tuple[tuple[Kernel, ...], tuple[Kernel, ...]]] = {
-    "moe": (
-        ROUTING.stock + TRIPLE.stock + MOE_TAIL.stock,
-        ROUTING.ours + TRIPLE.ours + MOE_TAIL.ours,
-    ),
-    "dense": (DENSE_BOUNDARY.stock, DENSE_BOUNDARY.ours),
-    "ple": (PLE_TAIL.stock + (INPUT_NORM,), PLE_TAIL.ours[:2] + PLE_BOUNDARY.ours),
-}
-
 
 def roofline_ns(nbytes: int, device: str) -> float:
     """The time ``nbytes`` take at the device's peak HBM bandwidth (a lower bound)."""
@@ -162,37 +146,3 @@ def rows(cases: list[Case], ops: list[str] | None = None) -> list[dict]:
                 row[f"roofline_ns_ours_{device}"] = round(roofline_ns(ours, device), 2)
             out.append(row)
     return out
-
-
-def layer_rows(cases: list[Case]) -> list[dict]:
-    """The modelled region per layer, and times the layer count (a forward's sum; the
-    first layer's input norm and the final norm are outside the region)."""
-    out = []
-    for case in cases:
-        stock, patched = LAYER_REGION[case.model.arch]
-        per_layer = {
-            "launches_stock": len(stock),
-            "launches_patched": len(patched),
-            "bytes_stock": sum(k.bytes(case) for k in stock),
-            "bytes_patched": sum(k.bytes(case) for k in patched),
-        }
-        layers = case.model.layers
-        out.append(
-            {
-                "shape": case.label,
-                "op": "layer region (routing, norms, tails, next input norm)",
-                "what": "model (CUDA path)",
-                **{f"{k}_per_layer": v for k, v in per_layer.items()},
-                **{f"{k}_all_layers": v * layers for k, v in per_layer.items()},
-            }
-        )
-    return out
-
-
-def our_ops_per_layer(arch: str) -> dict[str, int]:
-    """Our op calls per layer in the patched region (what the CPU harness counts)."""
-    counts: dict[str, int] = {}
-    for kernel in LAYER_REGION[arch][1]:
-        if kernel.ours:
-            counts[f"gemma4::{kernel.name}"] = counts.get(f"gemma4::{kernel.name}", 0) + 1
-    return counts

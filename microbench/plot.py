@@ -1,10 +1,11 @@
-"""PNG per op from a ``gemma4-kernels bench`` CSV: a metric against T, one line per model.
+"""PNG per op from a ``gemma4-kernels bench`` CSV, against the token count T.
 
     python -m microbench.plot results/<date>-<device>-bench.csv [--out DIR]
 
-Rows of the model (``what`` starts with "model") plot the modelled bytes ratio stock/ours
-and say so in the title; GPU timing rows (``speedup_vs_ours`` / ``pct_peak_hbm``) plot
-speedup. Headless (Agg backend).
+GPU timing rows: per op, ours' speedup over each other implementation and each one's %
+of peak HBM bandwidth (one line per implementation). Model rows (``what`` starts with
+"model"): the modelled bytes ratio stock / ours, one line per model, titled as a model.
+Headless (Agg backend); needs matplotlib (the project's ``test`` extra installs it).
 """
 
 from __future__ import annotations
@@ -16,23 +17,56 @@ from collections import defaultdict
 from pathlib import Path
 
 SHAPE = re.compile(r"^(?P<model>\S+) (?P<phase>decode|prefill) T=(?P<tokens>\d+)")
+TOKENS = re.compile(r"\s*T=(?P<tokens>\d+)")
+
+Series = dict[str, dict[str, list[tuple[int, float]]]]
 
 
-def series(rows: list[dict], metric: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """op -> "<model> <phase>" -> [(T, value)] for rows that carry ``metric``."""
-    out: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+def series(rows: list[dict], metric: str) -> Series:
+    """Model rows: op -> "<model> <phase>" -> [(T, value)] for rows that carry ``metric``."""
+    out: Series = defaultdict(lambda: defaultdict(list))
     for row in rows:
         match = SHAPE.match(row.get("shape", ""))
-        if not match or not row.get(metric):
+        if not match or not row.get(metric) or row.get("what") == "GPU timing":
             continue
         key = f"{match['model']} {match['phase']}"
         out[row["op"]][key].append((int(match["tokens"]), float(row[metric])))
     return out
 
 
-def plot(csv_path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    import matplotlib
+def timing_series(rows: list[dict], metric: str) -> Series:
+    """GPU timing rows: op (the shape without T) -> impl -> [(T, value)]."""
+    out: Series = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        match = TOKENS.search(row.get("shape", ""))
+        if row.get("what") != "GPU timing" or not match or row.get(metric) in (None, ""):
+            continue
+        op = TOKENS.sub("", row["shape"]).strip()
+        out[op][row["impl"]].append((int(match["tokens"]), float(row[metric])))
+    return out
 
+
+def _file_name(op: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", op).strip("_") + ".png"
+
+
+def _draw(ax, lines: dict[str, list[tuple[int, float]]], ylabel: str) -> None:
+    for name, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens T")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
+def plot(csv_path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError(
+            "microbench.plot needs matplotlib: pip install matplotlib (or the 'test' extra)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -43,25 +77,26 @@ def plot(csv_path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{csv_path} has no rows")
-    timed = any(r.get("what") == "GPU timing" for r in rows)
-    metric, label = (
-        ("speedup_vs_ours", "speedup") if timed else ("bytes_ratio", "bytes stock / ours (model)")
-    )
     device = rows[0].get("device", "?")
     written = []
-    for op, lines in series(rows, metric).items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, points in sorted(lines.items()):
-            points.sort()
-            ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("tokens T")
-        ax.set_ylabel(label)
-        kind = "GPU timing" if timed else "model of the CUDA path, not a measurement"
-        ax.set_title(f"{op}\n{device}: {kind}", fontsize=9)
-        ax.legend(fontsize=7)
+    speedup = timing_series(rows, "speedup_vs_ours")
+    peak = timing_series(rows, "pct_peak_hbm")
+    for op in sorted(set(speedup) | set(peak)):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        _draw(left, speedup.get(op, {}), "ours faster by (x)")
+        _draw(right, peak.get(op, {}), "% of peak HBM bandwidth")
+        fig.suptitle(f"{op}\n{device}: GPU timing", fontsize=9)
         fig.tight_layout()
-        path = out_dir / (re.sub(r"[^A-Za-z0-9]+", "_", op).strip("_") + ".png")
+        path = out_dir / _file_name(f"gpu {op}")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    for op, lines in series(rows, "bytes_ratio").items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _draw(ax, lines, "bytes stock / ours (model)")
+        ax.set_title(f"{op}\n{device}: model of the CUDA path, not a measurement", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / _file_name(op)
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

@@ -1,10 +1,9 @@
 """Gemma 4 shapes the microbenchmarks run at, named so a result reads "26B-A4B decode T=64".
 
-Only dimensions with a source here are listed (DESIGN.md's model table, from the HF
-configs; the README's k_eq_v arithmetic): hidden size, layer count, MoE experts/top-k,
-the per-layer-embedding width and the KV-shared layer count. Head counts and MLP widths of
-31B/E4B/E2B are not in any source available to this repository yet, so nothing here
-depends on them (the per-op model in ``op_model.py`` needs only these).
+The dimensions the per-op model (``op_model.py``) needs: hidden size, layer count, MoE
+experts/top-k, the per-layer-embedding width and the KV-shared layer count (DESIGN.md's
+model table). The whole-step model (``layer_model.py``) reads each model's full config,
+with its sources, from ``layer_kernels/<model>.json``; a test keeps the two in agreement.
 """
 
 from __future__ import annotations
