@@ -25,6 +25,12 @@ _OTHER_VARIANTS = ("PCIE", "NVL")
 CUDA_GRAPH_MAX_TOKENS = 256  # SGLang's default decode CUDA-graph batch sizes reach 256
 
 
+def roofline_seconds(nbytes: float, device: str) -> float:
+    """Time ``nbytes`` take at ``device``'s (a PEAK_HBM_TBPS key) peak HBM bandwidth: a
+    lower bound, what the launch/bytes models quote."""
+    return nbytes / (PEAK_HBM_TBPS[device] * 1e12)
+
+
 def peak_tbps(device_name: str) -> float | None:
     """Peak HBM TB/s of a device as ``torch.cuda.get_device_name`` spells it, or None."""
     name = device_name.upper()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from microbench.harness import PEAK_HBM_TBPS
+from microbench.harness import roofline_seconds
 from microbench.shapes import MODELS
 
 DATA = Path(__file__).resolve().parent / "layer_kernels"
@@ -304,11 +304,6 @@ def _apply(patch: Mapping[str, Any], sections: list[tuple[str, list[Launch], dic
 
 
 # --- rows for the bench CSV and the README -----------------------------------------------
-def roofline_us(nbytes: float, device: str) -> float:
-    """Time ``nbytes`` take at the device's peak HBM bandwidth (a lower bound), in µs."""
-    return nbytes / (PEAK_HBM_TBPS[device] * 1e12) * 1e6
-
-
 def step_rows(models: Iterable[str], tokens: Iterable[int], context: int) -> list[dict]:
     """Per (model, T): launches and bytes of one decode step, stock vs patched."""
     rows = []
@@ -330,7 +325,7 @@ def step_rows(models: Iterable[str], tokens: Iterable[int], context: int) -> lis
             }
             for device in ("H100", "H200"):
                 for label, step in (("stock", stock), ("patched", ours)):
-                    us = roofline_us(step.total_bytes, device)
+                    us = roofline_seconds(step.total_bytes, device) * 1e6
                     row[f"roofline_us_{label}_{device}"] = round(us, 2)
             rows.append(row)
     return rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from microbench.harness import PEAK_HBM_TBPS
+from microbench.harness import roofline_seconds
 from microbench.shapes import Case
 
 ACT_BYTES = 2  # bf16 activations and norm weights
@@ -27,7 +27,6 @@ class Kernel:
     rows: float = 0.0  # T x H activation rows moved (reads + writes), bf16
     p_rows: float = 0.0  # T x P rows moved (PLE gate width), bf16
     weights: int = 0  # H-sized bf16 weight vectors read
-    ours: bool = False  # one of our torch.ops.gemma4 ops
 
     def bytes(self, case: Case) -> int:
         t, h, p = case.tokens, case.model.hidden, case.model.ple_dim
@@ -52,16 +51,12 @@ class FusedOp:
     note: str = ""
 
 
-def _ours(name: str, **sizes) -> Kernel:
-    return Kernel(name, ours=True, **sizes)
-
-
 INPUT_NORM = Kernel("next input_layernorm", rows=2, weights=1)
 ROUTING = FusedOp(
     "moe_routing",
     "moe",
     stock=(RoutingKernel("gemma4_fused_routing"),),
-    ours=(RoutingKernel("moe_routing", ours=True),),
+    ours=(RoutingKernel("moe_routing"),),
     note="same launches and bytes; ours is HF-exact for ties/NaN and E > 1024",
 )
 TRIPLE = FusedOp(
@@ -73,7 +68,7 @@ TRIPLE = FusedOp(
         Kernel("router norm", rows=2, weights=1),
         Kernel("pre_feedforward_layernorm_2", rows=2, weights=1),
     ),
-    ours=(_ours("triple_rmsnorm", rows=6, weights=4),),
+    ours=(Kernel("triple_rmsnorm", rows=6, weights=4),),
     note="read attn_out, residual; write residual, pre_ff, router_in, pre_ff_2",
 )
 PLE_TAIL = FusedOp(
@@ -89,9 +84,9 @@ PLE_TAIL = FusedOp(
         Kernel("x layer_scalar", rows=2),
     ),
     ours=(
-        _ours("rmsnorm_add", rows=3, weights=1),
-        _ours("gelu_tanh_mul", p_rows=3),
-        _ours("rmsnorm_residual_scalar", rows=3, weights=1),
+        Kernel("rmsnorm_add", rows=3, weights=1),
+        Kernel("gelu_tanh_mul", p_rows=3),
+        Kernel("rmsnorm_residual_scalar", rows=3, weights=1),
     ),
     note="pointwise part; the two GEMMs are unchanged",
 )
@@ -99,23 +94,18 @@ DENSE_BOUNDARY = FusedOp(
     "layer_tail_next_norm",
     "dense",
     stock=(Kernel("gemma_rmsnorm_residual_scalar", rows=3, weights=1), INPUT_NORM),
-    ours=(_ours("layer_tail_next_norm", rows=4, weights=2),),
+    ours=(Kernel("layer_tail_next_norm", rows=4, weights=2),),
     note="layer_boundary_fusion; the last layer feeds the final norm",
 )
 PLE_BOUNDARY = FusedOp(
     "layer_tail_next_norm",
     "ple",
-    stock=(_ours("rmsnorm_residual_scalar", rows=3, weights=1), INPUT_NORM),
-    ours=(_ours("layer_tail_next_norm", rows=4, weights=2),),
+    stock=(Kernel("rmsnorm_residual_scalar", rows=3, weights=1), INPUT_NORM),
+    ours=(Kernel("layer_tail_next_norm", rows=4, weights=2),),
     note="layer_boundary_fusion after ple_tail (baseline: ple_tail applied)",
 )
 
 OPS: tuple[FusedOp, ...] = (ROUTING, TRIPLE, PLE_TAIL, DENSE_BOUNDARY, PLE_BOUNDARY)
-
-
-def roofline_ns(nbytes: int, device: str) -> float:
-    """The time ``nbytes`` take at the device's peak HBM bandwidth (a lower bound)."""
-    return nbytes / (PEAK_HBM_TBPS[device] * 1e12) * 1e9
 
 
 def rows(cases: list[Case], ops: list[str] | None = None) -> list[dict]:
@@ -142,7 +132,7 @@ def rows(cases: list[Case], ops: list[str] | None = None) -> list[dict]:
                 "bytes_ratio": round(stock / ours, 3),
             }
             for device in ("H100", "H200"):
-                row[f"roofline_ns_stock_{device}"] = round(roofline_ns(stock, device), 2)
-                row[f"roofline_ns_ours_{device}"] = round(roofline_ns(ours, device), 2)
+                row[f"roofline_ns_stock_{device}"] = round(roofline_seconds(stock, device) * 1e9, 2)
+                row[f"roofline_ns_ours_{device}"] = round(roofline_seconds(ours, device) * 1e9, 2)
             out.append(row)
     return out
