@@ -29,6 +29,8 @@ class StaticMetrics:
     spill_load_bytes: int
     shared_bytes: int
     sass_instructions: int
+    mma: str = ""  # "wgmma" (Hopper async MMA), "mma.sync", or "" (no tensor-core MMA)
+    async_copies: int = 0  # cp.async instructions in the PTX: what the pipeliner emits
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,10 +52,7 @@ def compile_static(
     capability: int = 90,
 ) -> StaticMetrics:
     """Compile ``fn`` (a ``@triton.jit`` function) for ``sm_<capability>`` and measure it."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise RuntimeError(
-            "static compilation needs TRITON_INTERPRET unset (the interpreter replaces jit)"
-        )
+    _require_compiler()
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -66,6 +65,48 @@ def compile_static(
         target=GPUTarget("cuda", capability, 32),
         options={"num_warps": num_warps, "num_stages": num_stages},
     )
+    return measure(kernel, fn.__name__, capability, num_warps)
+
+
+def compile_launch(
+    kernel: Any, args: tuple, kwargs: dict[str, Any], *, capability: int = 90
+) -> StaticMetrics:
+    """Compile ``kernel`` exactly as ``kernel[grid](*args, **kwargs)`` would on
+    ``sm_<capability>``: Triton's own launch binder specializes the arguments (ints equal
+    to 1 become constants, 16-divisible ints and 16-byte aligned tensors get the
+    divisibility hint), so the code is the one a real launch with these values builds.
+    CPU tensors stand in for device tensors (torch aligns both the same way)."""
+    _require_compiler()
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", capability, 32)
+    backend = CUDABackend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, kwargs, bound, specialization, options
+    )
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+        target=target,
+        options=options.__dict__,
+    )
+    return measure(compiled, kernel.fn.__name__, capability, options.num_warps)
+
+
+def _require_compiler() -> None:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError(
+            "static compilation needs TRITON_INTERPRET unset (the interpreter replaces jit)"
+        )
+
+
+def measure(kernel: Any, name: str, capability: int, num_warps: int) -> StaticMetrics:
+    """ptxas/cuobjdump metrics of a compiled kernel."""
     arch = f"sm_{capability}a" if capability == 90 else f"sm_{capability}"
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
@@ -85,8 +126,10 @@ def compile_static(
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
     smem = re.search(r"(\d+) bytes smem", info)
     instructions = sum(1 for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line))
+    text = kernel.asm["ptx"]
+    mma = "wgmma" if "wgmma.mma_async" in text else "mma.sync" if "mma.sync" in text else ""
     return StaticMetrics(
-        kernel=fn.__name__,
+        kernel=name,
         arch=arch,
         num_warps=num_warps,
         registers=registers,
@@ -94,6 +137,8 @@ def compile_static(
         spill_load_bytes=int(spills.group(2)),
         shared_bytes=max(int(smem.group(1)) if smem else 0, kernel.metadata.shared),
         sass_instructions=instructions,
+        mma=mma,
+        async_copies=len(re.findall(r"\bcp\.async\.(?:ca|cg)\b", text)),
     )
 
 
