@@ -165,7 +165,9 @@ def flag_spills(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         spills = row["spill_store_bytes"] + row["spill_load_bytes"]
         base = stock[row["window"]]
-        row["spills_more_than_stock"] = spills > base["spill_store_bytes"] + base["spill_load_bytes"]
+        row["spills_more_than_stock"] = (
+            spills > base["spill_store_bytes"] + base["spill_load_bytes"]
+        )
 
 
 def build() -> dict[str, Any]:
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             f"regs {row['registers']:>3} spill {row['spill_store_bytes']:>5}/"
             f"{row['spill_load_bytes']:<5} smem {row['shared_bytes']:>6} "
             f"{row['mma'] or '-':>8} cp.async {row['async_copies']:>3} "
-            f"sass {row['sass_instructions']}{'  SPILLS > STOCK' if row['spills_more_than_stock'] else ''}"
+            f"sass {row['sass_instructions']}"
+            + ("  SPILLS > STOCK" if row["spills_more_than_stock"] else "")
         )
     if args.check:
         recorded = json.loads(Path(args.out).read_text())

@@ -13,7 +13,7 @@ import torch
 
 from gemma4_kernels import extend_tiles
 from microbench import tune_extend_attention as tune
-from microbench.bench_extend_attention import AttnShape, select_shapes, seed_shapes
+from microbench.bench_extend_attention import AttnShape, seed_shapes, select_shapes
 from tests.microbench.conftest import REPO
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour")
