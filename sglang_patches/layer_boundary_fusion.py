@@ -143,6 +143,22 @@ class LayerBoundaryFusion(Patch):
 
         return forward
 
+    def reselect_rows(self, old: Any, new: Any, rows: Any) -> None:
+        """The stream ``old`` continues as ``new = old[rows]`` (yoco_fast_prefill): the
+        norm waiting for ``old`` is served the same rows of its prepared result."""
+        scope = self._scope()
+        for key, (x, normed) in list(scope.ready.items()) if scope else ():
+            if x is old:
+                scope.ready[key] = (new, normed[rows])
+
+    def discard(self, stream: Any) -> None:
+        """Nothing is prepared for ``stream`` any more: its consumer runs itself, uncounted
+        (yoco_fast_prefill scatters the rows back into a larger stream)."""
+        scope = self._scope()
+        for key, (x, _) in list(scope.ready.items()) if scope else ():
+            if x is stream:
+                del scope.ready[key]
+
     # --- the fused tail -------------------------------------------------------------------
     def consumer_norm(self, layer: Any, x: Any, residual: Any, eps: float) -> Any | None:
         """(weight, norm module) of the norm that will read this layer's output, if fusable."""

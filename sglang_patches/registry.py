@@ -23,6 +23,7 @@ from sglang_patches import (
     text_only_default,
     triton_swa_decode_window,
     trtllm_bounds_trap,
+    yoco_fast_prefill,
 )
 from sglang_patches.base import Patch
 
@@ -40,6 +41,7 @@ PATCHES: list[Patch] = [
     post_attn_triple_norm.PATCH,
     ple_tail.PATCH,
     layer_boundary_fusion.PATCH,
+    yoco_fast_prefill.PATCH,
     router_fp32.PATCH,
     k_eq_v_skip_v.PATCH,
     fused_rope_kv_write.PATCH,
