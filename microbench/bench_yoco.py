@@ -33,7 +33,8 @@ MODES = {"stock": {"SGLANG_GEMMA4_YOCO": "0"}, "yoco": {"SGLANG_GEMMA4_YOCO": "1
 _CHILD = """
 import json, sys, time, random
 import sglang as sgl
-model_dir, prompts, prompt_len, tp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model_dir = sys.argv[1]
+prompts, prompt_len, tp = (int(a) for a in sys.argv[2:5])
 rng = random.Random(0)
 ids = [[rng.randrange(10, 200000) for _ in range(prompt_len)] for _ in range(prompts)]
 engine = sgl.Engine(model_path=model_dir, load_format="dummy", skip_tokenizer_init=True,
