@@ -65,35 +65,32 @@ class Launch:
     sliding: bool
 
 
-_scope = threading.local()
+_scope = threading.local()  # .entry: the table entry of the launch in progress
+_forced = threading.local()  # .arch: the arch launches are looked up for (CPU checks)
+
+
+@contextlib.contextmanager
+def _bound(local: threading.local, name: str, value: Any) -> Iterator[None]:
+    """``local.name = value`` for the duration (re-entrant: the previous value returns)."""
+    previous = getattr(local, name, None)
+    setattr(local, name, value)
+    try:
+        yield
+    finally:
+        setattr(local, name, previous)
 
 
 def _current_entry() -> extend_tiles.TileEntry | None:
     return getattr(_scope, "entry", None)
 
 
-@contextlib.contextmanager
-def _entry_scope(entry: extend_tiles.TileEntry) -> Iterator[None]:
-    previous = getattr(_scope, "entry", None)
-    _scope.entry = entry
-    try:
-        yield
-    finally:
-        _scope.entry = previous
+def _entry_scope(entry: extend_tiles.TileEntry) -> contextlib.AbstractContextManager[None]:
+    return _bound(_scope, "entry", entry)
 
 
-_forced_arch = threading.local()
-
-
-@contextlib.contextmanager
-def forced_arch(arch: str) -> Iterator[None]:
+def forced_arch(arch: str) -> contextlib.AbstractContextManager[None]:
     """Look launches up as if on ``arch`` (CPU interpreter checks of the table's tiles)."""
-    previous = getattr(_forced_arch, "arch", None)
-    _forced_arch.arch = arch
-    try:
-        yield
-    finally:
-        _forced_arch.arch = previous
+    return _bound(_forced, "arch", arch)
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,7 +99,7 @@ def _device_arch() -> str | None:
 
 
 def launch_arch() -> str | None:
-    return getattr(_forced_arch, "arch", None) or _device_arch()
+    return getattr(_forced, "arch", None) or _device_arch()
 
 
 class StagedKernel:
