@@ -110,7 +110,11 @@ class _Yoco:
             if getattr(backend, name, None) is not None
         }
         self.saved_one_shot = getattr(backend, "_dense_one_shot_kv_indptr", None)
-        seq_lens = fb.seq_lens_cpu.tolist()
+        # New prefix = old prefix + extend - 1 (seq_lens_cpu may be absent on GPU paths).
+        prefix_cpu = [
+            p + e - 1
+            for p, e in zip(fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu, strict=True)
+        ]
         fb.input_ids = fb.input_ids[idx]
         fb.positions = fb.positions[idx]
         fb.out_cache_loc = fb.out_cache_loc[idx]
@@ -120,8 +124,8 @@ class _Yoco:
         fb.extend_num_tokens = bs
         fb.extend_seq_lens = torch.ones_like(fb.extend_seq_lens)
         fb.extend_seq_lens_cpu = [1] * bs
-        fb.extend_prefix_lens = (fb.seq_lens - 1).to(self.saved["extend_prefix_lens"].dtype)
-        fb.extend_prefix_lens_cpu = [n - 1 for n in seq_lens]
+        fb.extend_prefix_lens = self.saved["extend_prefix_lens"] + self.saved["extend_seq_lens"] - 1
+        fb.extend_prefix_lens_cpu = prefix_cpu
         fb.extend_start_loc = torch.arange(bs, dtype=fb.extend_start_loc.dtype, device=idx.device)
         if fb.extend_logprob_start_lens_cpu is not None:
             fb.extend_logprob_start_lens_cpu = [1] * bs  # = the extend length: no logprobs
@@ -233,6 +237,7 @@ class YocoFastPrefill(Patch):
             ),
             (getattr(fb, "kv_loc_cols", None) is None, "KV write columns already set"),
             (lens is not None and max(lens, default=1) > 1, "every request extends by one"),
+            (fb.extend_prefix_lens_cpu is not None, "no CPU prefix lengths"),
             (isinstance(get_attn_backend(), TritonAttnBackend), "attention backend not Triton"),
         )
         for ok, reason in checks:

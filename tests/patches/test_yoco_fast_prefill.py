@@ -219,6 +219,10 @@ GUARDS = {
         lambda m, fb: setattr(fb, "extend_seq_lens_cpu", [1] * fb.batch_size),
         "every request extends by one",
     ),
+    "no_cpu_prefix_lens": (
+        lambda m, fb: setattr(fb, "extend_prefix_lens_cpu", None),
+        "no CPU prefix lengths",
+    ),
     "pipeline": (
         lambda m, fb: setattr(m, "pp_group", type("PP", (), {"world_size": 2})()),
         "pipeline parallel",
