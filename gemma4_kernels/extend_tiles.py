@@ -159,9 +159,6 @@ class TileTable:
                 return entry
         return None
 
-    def archs(self) -> list[str]:
-        return sorted({e.arch for e in self.entries})
-
 
 def _power_of_two(value: Any) -> bool:
     return isinstance(value, int) and value > 0 and value & (value - 1) == 0

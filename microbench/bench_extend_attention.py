@@ -14,14 +14,11 @@ each shape would take; no timings.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-LAYER_KERNELS = Path(__file__).resolve().parent / "layer_kernels"
-MODEL_FILES = {"31B": "dense_31b.json", "E4B": "ple_e4b.json", "E2B": "ple_e2b.json"}
+DENSE_MODELS = ("31B", "E4B", "E2B")  # configs from layer_model's data files
 
 
 @dataclass(frozen=True)
@@ -59,8 +56,10 @@ def model_shapes() -> list[AttnShape]:
     """31B / E4B / E2B sliding layers (head_dim 256) at TP 1 and 2: MTP verify at batch 32
     and 4 (4 draft tokens, 1000-token context) and a one-request chat prefill."""
     shapes = []
-    for model, file in MODEL_FILES.items():
-        config = json.loads((LAYER_KERNELS / file).read_text())["config"]
+    from microbench.layer_model import load
+
+    for model in DENSE_MODELS:
+        config = load(model)["config"]
         for tp in (1, 2):
             heads = dict(
                 q_heads=config["num_attention_heads"] // tp,

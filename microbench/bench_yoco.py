@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from microbench.yoco_model import LAYER_KERNELS, MODELS
+from microbench.layer_model import load
+from microbench.yoco_model import MODELS
 
 MODES = {"stock": {"SGLANG_GEMMA4_YOCO": "0"}, "yoco": {"SGLANG_GEMMA4_YOCO": "1"}}
 
@@ -52,7 +53,7 @@ def write_checkpoint_config(model: str, directory: Path) -> Path:
     """config.json of a full-size text-only Gemma 4 (random weights are loaded as dummy)."""
     from transformers import Gemma4Config
 
-    text = dict(json.loads((LAYER_KERNELS / MODELS[model]).read_text())["config"])
+    text = dict(load(model)["config"])
     config = Gemma4Config(text_config=text, vision_config=None)
     config.architectures = ["Gemma4ForCausalLM"]
     directory.mkdir(parents=True, exist_ok=True)

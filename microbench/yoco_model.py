@@ -21,14 +21,13 @@ Configs: ``layer_kernels/ple_e2b.json`` / ``ple_e4b.json`` (sources recorded the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-LAYER_KERNELS = Path(__file__).resolve().parent / "layer_kernels"
-MODELS = {"E2B": "ple_e2b.json", "E4B": "ple_e4b.json"}
+from microbench.layer_model import load
+
+MODELS = ("E2B", "E4B")  # configs from layer_model's data files
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def default_layer_types(layers: int) -> tuple[str, ...]:
 
 
 def load_shape(model: str) -> TextShape:
-    config = json.loads((LAYER_KERNELS / MODELS[model]).read_text())["config"]
+    config = load(model)["config"]
     layers = config["num_hidden_layers"]
     return TextShape(
         hidden=config["hidden_size"],

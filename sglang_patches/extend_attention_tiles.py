@@ -175,6 +175,7 @@ class ExtendAttentionTiles(Patch):
     def __init__(self) -> None:
         super().__init__()
         self.launches: Counter[tuple[str, str]] = Counter()
+        self.table: extend_tiles.TileTable | None = None  # read once per application
 
     def check(self) -> CheckResult:
         result = verify_pins(self.pins)
@@ -188,7 +189,8 @@ class ExtendAttentionTiles(Patch):
 
     # --- the launch path ----------------------------------------------------------
     def lookup(self, launch: Launch) -> extend_tiles.TileEntry | None:
-        return extend_tiles.active_table().lookup(
+        table = self.table or extend_tiles.active_table()  # not applied: read it now
+        return table.lookup(
             launch.arch, launch.head_dim, launch.batch, launch.max_extend, launch.sliding
         )
 
@@ -268,7 +270,7 @@ class ExtendAttentionTiles(Patch):
             setattr(backend, name, torch.compiler.disable(launcher))
         # The tile a single-request prefill launches (the regime the budget reasons about).
         arch = launch_arch()
-        prefill = self.lookup(Launch(arch, head_dim, 1, 1 << 20, False)) if arch else None
+        prefill = self.lookup(Launch(arch, head_dim, 1, 1 << 20, False))
         if prefill is not None:
             backend.extend_attention_block_m = prefill.tile.block_m
 
@@ -277,6 +279,9 @@ class ExtendAttentionTiles(Patch):
         from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
         self.launches.clear()
+        # The table launches use; not re-read (or stat'ed) on every launch.
+        self.table = extend_tiles.active_table()
+        undo.on_rollback("extend tile table", lambda: setattr(self, "table", None))
         undo.set_attr(
             extend_attention, BLOCK_SIZES, self.block_sizes(getattr(extend_attention, BLOCK_SIZES))
         )

@@ -256,16 +256,15 @@ class YocoFastPrefill(Patch):
 
         @functools.wraps(model_forward)
         def forward(model, input_ids, positions, forward_batch, *args, **kwargs):
-            if first_shared_layer(model.config) is None:
+            first = first_shared_layer(model.config)
+            if first is None:
                 return model_forward(model, input_ids, positions, forward_batch, *args, **kwargs)
             reason = patch.ineligible(model, forward_batch)
             if reason is not None:
                 patch.stats[f"fallback: {reason}"] += 1
                 logger.debug("gemma4-kernels: yoco_fast_prefill full path: %s", reason)
                 return model_forward(model, input_ids, positions, forward_batch, *args, **kwargs)
-            state = _Yoco(
-                model, forward_batch, get_attn_backend(), first_shared_layer(model.config)
-            )
+            state = _Yoco(model, forward_batch, get_attn_backend(), first)
             token = _active.set(state)
             try:
                 out = model_forward(model, input_ids, positions, forward_batch, *args, **kwargs)

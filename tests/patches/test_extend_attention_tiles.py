@@ -201,9 +201,14 @@ def swa_table(tmp_path, head_dims=(1, 256)):
     return path
 
 
-def test_swa_pipelined_entry_routes_sliding_launches_to_our_kernel(tiled, tmp_path, monkeypatch):
-    ea, spies = tiled
+@pytest.fixture
+def swa_table_env(tmp_path, monkeypatch):
+    """The swa_pipelined test table, set before the patch is applied (it reads it then)."""
     monkeypatch.setenv(extend_tiles.ENV_TABLE, str(swa_table(tmp_path)))
+
+
+def test_swa_pipelined_entry_routes_sliding_launches_to_our_kernel(swa_table_env, tiled):
+    ea, spies = tiled
     b = make_batch([6, 20], [9, 0], heads=4, kv_heads=2, head_dim=64)
     before = len(spies["extend_attention_fwd"].launches)
     with eat.forced_arch("sm_90"):
