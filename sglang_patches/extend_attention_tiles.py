@@ -24,7 +24,8 @@ How, without copying SGLang's launchers:
 * ``TritonAttnBackend.extend_attention_block_m`` (the scheduler's tile-budget BLOCK_M,
   used on HIP only in 0.5.23) is set to the tile a single-request prefill launches.
 
-No entry for the launch (another arch, head_dim 512, CPU) = SGLang's own tile.
+No entry for the launch (another arch, head_dim 512, CPU) = SGLang's own tile. The table
+(shipped or ``GEMMA4_KERNELS_EXTEND_TILES``) is read once, when the patch is applied.
 """
 
 from __future__ import annotations
